@@ -1,0 +1,89 @@
+"""One place for settings: defaults here, overridden by ``rainstorm.toml`` and then by flags.
+
+``rainstorm.toml`` (looked up in the working directory, or ``$RAINSTORM_CONFIG``) has one table
+per layer, e.g.::
+
+    [gossip]
+    period = 0.2
+    [node]
+    redis_restart_delay = 0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossip.config import GossipConfig
+
+
+class ConfigError(ValueError):
+    """A setting the user gave is wrong; the message says which."""
+
+
+@dataclass
+class NodeConfig:
+    redis_restart_delay: float = 0.5    # wait before restarting a dead redis-server
+    redis_health_period: float = 0.5    # how often the supervisor checks that redis answers
+    redis_start_timeout: float = 10.0   # give up if redis does not answer within this
+    leave_linger: float = 0.6           # keep gossiping this long after a graceful leave
+    rpc_timeout: float = 5.0
+
+
+@dataclass
+class ClusterConfig:
+    nodes: int = 5
+    base_port: int = 7100               # first node's HOST:PORT (UDP gossip and TCP RPC share it)
+    redis_base_port: int = 7300
+    host: str = "127.0.0.1"
+    up_timeout: float = 20.0            # `cluster up` fails if not all nodes see each other by then
+
+
+@dataclass
+class Config:
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _apply(section: object, values: dict[str, Any], where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(section)}  # type: ignore[arg-type]
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        current = getattr(section, key)
+        if isinstance(current, bool) != isinstance(value, bool) or not isinstance(
+                value, type(current) if not isinstance(current, float) else (int, float)):
+            raise ConfigError(f"{where}: {key} must be {type(current).__name__}")
+        setattr(section, key, type(current)(value))
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the toml file if there is one, then ``overrides`` ({"gossip": {...}})."""
+    cfg = Config()
+    if path is None:
+        env = os.environ.get("RAINSTORM_CONFIG")
+        path = Path(env) if env else Path("rainstorm.toml")
+        if not env and not path.exists():
+            path = None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for name, values in [*data.items(), *(overrides or {}).items()]:
+        section = getattr(cfg, name, None)
+        if section is None or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{name}]")
+        _apply(section, values, f"[{name}]")
+    return cfg

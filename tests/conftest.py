@@ -1,0 +1,92 @@
+"""Shared fixtures: real local clusters in a temporary directory, on ports no other run uses."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rainstorm import cluster as local
+from rainstorm.config import Config
+from rainstorm.locate import run_rpc
+
+
+def free_base(offset: int = 0) -> int:
+    # spread concurrent test runs over the port space; cluster.up() still probes each port
+    return 20000 + (os.getpid() * 37 + offset * 400) % 30000
+
+
+class LocalCluster:
+    def __init__(self, directory: Path, nodes: int, offset: int = 0) -> None:
+        self.dir = directory
+        cfg = Config()
+        cfg.cluster.base_port = free_base(offset)
+        cfg.cluster.redis_base_port = cfg.cluster.base_port + 200
+        self.data = local.up(directory, nodes, cfg)
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return local.node_of(self.data, node_id)
+
+    def addr(self, node_id: str) -> str:
+        return self.node(node_id)["address"]
+
+    def call(self, node_id: str, method: str, args: dict[str, Any] | None = None) -> Any:
+        async def body(client: Any) -> Any:
+            return await client.call(self.addr(node_id), method, args, timeout=3.0)
+
+        return run_rpc(self.data["secret"], body)
+
+    def view(self, node_id: str) -> dict[str, dict[str, Any]]:
+        return {m["id"]: m for m in self.call(node_id, "node.members")}
+
+    def reload(self) -> None:
+        data = local.read_cluster(self.dir)
+        assert data is not None
+        self.data = data
+
+    def down(self) -> None:
+        if local.read_cluster(self.dir) is not None:
+            local.down(self.dir)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> float:
+    """Poll ``cond`` until true; returns the seconds it took. Fails the test with ``what``."""
+    start = time.monotonic()
+    last_exc: Exception | None = None
+    while time.monotonic() - start < timeout:
+        try:
+            if cond():
+                return time.monotonic() - start
+        except Exception as exc:  # a node may be briefly unreachable while we poll
+            last_exc = exc
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
+                                                                              if last_exc else ""))
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    made: list[LocalCluster] = []
+
+    def make(nodes: int = 5) -> LocalCluster:
+        c = LocalCluster(tmp_path / f"c{len(made)}", nodes, offset=len(made))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.down()
