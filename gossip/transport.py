@@ -50,6 +50,7 @@ class GossipNode:
         self._transport: asyncio.DatagramTransport | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sleep_until = 0.0
 
     @staticmethod
     def clock() -> float:
@@ -98,6 +99,8 @@ class GossipNode:
             return
         self.swim.receive(f"{addr[0]}:{addr[1]}", msg, self.clock())
         self._flush()
+        if self.swim.next_deadline() < self._sleep_until:
+            self._wake.set()  # the message scheduled something sooner than our timer
 
     def _flush(self) -> None:
         if self._transport is None:
@@ -121,6 +124,7 @@ class GossipNode:
             self.swim.tick(now)
             self._flush()
             delay = max(0.0, min(self.swim.next_deadline() - self.clock(), self.config.period))
+            self._sleep_until = self.clock() + delay
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
