@@ -9,8 +9,9 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,8 +27,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 cluster_app = typer.Typer(no_args_is_help=True, help="A local cluster of background node processes.")
 node_app = typer.Typer(no_args_is_help=True, help="Run one node in the foreground.")
 app.add_typer(cluster_app, name="cluster")
+dfs_app = typer.Typer(no_args_is_help=True, help="HyDFS: replicated files on the ring.")
 app.add_typer(node_app, name="node")
+app.add_typer(dfs_app, name="dfs")
 out = Console()
+T = TypeVar("T")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="Where the local cluster keeps data, logs and cluster.json.")]
 AtOpt = Annotated[str | None, typer.Option("--at", help="HOST:PORT of a node (else $RAINSTORM_AT, else cluster.json).")]
@@ -151,6 +155,164 @@ def members(at: AtOpt = None, as_json: JsonOpt = False, directory: DirOpt = DEFA
         _print_json({"members": rows})
     else:
         _table("members", rows, ["id", "address", "state", "incarnation", "seconds"])
+
+
+# -- dfs --------------------------------------------------------------------------------------------
+def _dfs(at: str | None, directory: Path, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(client)`` with a HyDFS client on the located cluster; HyDFS errors become one line."""
+    from hydfs.api import Client, HydfsError
+    from hydfs.names import BadName
+
+    target = locate(at, directory)
+
+    async def body(rpc: Any) -> T:
+        client = Client(rpc, target.addresses)
+        try:
+            return await fn(client)
+        except (HydfsError, BadName) as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            await client.close()
+
+    return run_rpc(target.secret, body)
+
+
+def _read_local(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"no such local file: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    """Whole or not at all: a temporary name, then a rename."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+@dfs_app.command("create")
+def dfs_create(local_file: Path, name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Create NAME from a local file (fails if NAME exists)."""
+    data = _read_local(local_file)
+    idx = _dfs(at, directory, lambda c: c.create(name, data))
+    out.print(f"created {name} ({len(data)} bytes, entry {idx})")
+
+
+@dfs_app.command("append")
+def dfs_append(local_file: Path, name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Append a local file's bytes to NAME."""
+    data = _read_local(local_file)
+    idx = _dfs(at, directory, lambda c: c.append(name, data))
+    out.print(f"appended {len(data)} bytes to {name} (entry {idx})")
+
+
+@dfs_app.command("get")
+def dfs_get(name: str, local_file: Path, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Fetch NAME into a local file."""
+    data = _dfs(at, directory, lambda c: c.get(name))
+    _write_local(local_file, data)
+    out.print(f"wrote {len(data)} bytes to {local_file}")
+
+
+@dfs_app.command("cat")
+def dfs_cat(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Print NAME to stdout."""
+    data = _dfs(at, directory, lambda c: c.get(name))
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+@dfs_app.command("getfromreplica")
+def dfs_getfromreplica(node_id: str, name: str, local_file: Path, at: AtOpt = None,
+                       directory: DirOpt = DEFAULT_DIR) -> None:
+    """Fetch NAME from one replica's copy (for checking replicas against each other)."""
+    data = _dfs(at, directory, lambda c: c.getfromreplica(node_id, name))
+    _write_local(local_file, data)
+    out.print(f"wrote {len(data)} bytes from {node_id}'s copy to {local_file}")
+
+
+@dfs_app.command("merge")
+def dfs_merge(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Make every replica of NAME identical."""
+    res = _dfs(at, directory, lambda c: c.merge(name))
+    row = {"name": name, "replicas_checked": res.get("checked"), "entries": res.get("commit")}
+    if as_json:
+        _print_json(row)
+    else:
+        out.print(f"merged {name}: {row['replicas_checked']} replicas agree on {row['entries']} entries")
+
+
+@dfs_app.command("ls")
+def dfs_ls(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Where NAME lives: its replicas (node id, address, ring position), the in-sync set, its version."""
+    from hydfs.ring import position
+
+    async def fn(c: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        return await c.ls(name), dict(c.addrs)
+
+    res, addrs = _dfs(at, directory, fn)
+    isr = set(res.get("isr", []))
+    rows = [{"id": r, "address": addrs.get(r), "ring_position": position(r), "in_sync": r in isr}
+            for r in res.get("replicas", [])]
+    doc = {"name": name, "primary": rows[0]["id"] if rows else None, "term": res.get("term"),
+           "entries": res.get("commit"), "version": [res.get("term"), res.get("commit")], "replicas": rows}
+    if as_json:
+        _print_json(doc)
+    else:
+        _table(f"{name}: term {doc['term']}, {doc['entries']} entries", rows,
+               ["id", "address", "ring_position", "in_sync"])
+
+
+@dfs_app.command("store")
+def dfs_store(node: Annotated[str | None, typer.Option("--node", help="Node id (default: every live node).")] = None,
+              at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Files held on a node (or on each node)."""
+
+    async def fn(c: Any) -> dict[str, list[str]]:
+        await c.refresh()
+        ids = [node] if node else sorted(c.addrs)
+        return {i: await c.store(i) for i in ids}
+
+    held = _dfs(at, directory, fn)
+    if as_json:
+        _print_json({"nodes": [{"id": i, "files": f} for i, f in held.items()]})
+    else:
+        _table("files held", [{"node": i, "files": len(f), "names": f} for i, f in held.items()],
+               ["node", "files", "names"])
+
+
+@dfs_app.command("list")
+def dfs_list(at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Every file in HyDFS and how many nodes hold it."""
+
+    async def fn(c: Any) -> dict[str, list[str]]:
+        await c.refresh()
+        holders: dict[str, list[str]] = {}
+        for i in sorted(c.addrs):
+            for f in await c.store(i):
+                holders.setdefault(f, []).append(i)
+        return holders
+
+    holders = _dfs(at, directory, fn)
+    rows = [{"name": n, "copies": len(h), "nodes": h} for n, h in sorted(holders.items())]
+    if as_json:
+        _print_json({"files": rows})
+    else:
+        _table("HyDFS files", rows, ["name", "copies", "nodes"])
+
+
+@dfs_app.command("rm")
+def dfs_rm(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Remove NAME from every replica."""
+    _dfs(at, directory, lambda c: c.rm(name))
+    out.print(f"removed {name}")
 
 
 @app.command("redis-cli", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -738,7 +738,7 @@ class Swim:
         ``by`` is who accused, for a suspicion: a new accuser of the suspicion we hold shortens it.
         """
         if nid == self.node_id:
-            return self._about_self(st, inc)
+            return self._about_self(st, inc, now)
         v = _VALUE[st]
         update = [v, nid, addr, inc] if by is None or st is not SUSPECT else [v, nid, addr, inc, by]
         m = self._members.get(nid)
@@ -807,8 +807,12 @@ class Swim:
     def _emit(self, kind: str, m: _Member, now: float) -> None:
         self._events.append(MemberEvent(kind, m.node_id, m.addr, m.inc, now))
 
-    def _about_self(self, st: State, inc: int) -> bool:
-        """Someone's record of us: refute anything but alive, unless we are leaving."""
+    def _about_self(self, st: State, inc: int, now: float) -> bool:
+        """Someone's record of us: refute anything but alive, unless we are leaving.
+
+        Being held failed is told to subscribers (event ``self_failed``): while we were out, the
+        others may have moved on without us (HyDFS must not vouch for state it held then).
+        """
         if self.state is LEFT:
             if self.incarnation < inc < MAX_INT:  # someone knows a later life of ours: our leave must beat it
                 self.incarnation = inc + 1
@@ -822,6 +826,8 @@ class Swim:
             return False
         self.incarnation = inc + 1
         self.stats["refuted"] += 1
+        if st is FAILED:
+            self._events.append(MemberEvent("self_failed", self.node_id, self.addr, inc, now))
         self._queue.put(self._self_update())
         return True
 

@@ -25,7 +25,8 @@ class MemberInfo:
 
 @dataclass(frozen=True)
 class MemberEvent:
-    """``kind`` is ``join`` (became alive, first time or after failed/left), ``fail`` or ``leave``."""
+    """``kind`` is ``join`` (became alive, first time or after failed/left), ``fail`` or ``leave``;
+    ``self_failed`` (about this node itself) when it learns others held it failed and it refuted."""
 
     kind: str
     node_id: str

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gossip.config import GossipConfig
+from hydfs.server import ServerConfig as HydfsConfig
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,7 @@ class ClusterConfig:
 @dataclass
 class Config:
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    hydfs: HydfsConfig = field(default_factory=HydfsConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

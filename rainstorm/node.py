@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossip.rpc import RpcServer, split_addr
+from gossip.rpc import RpcClient, RpcServer, split_addr
 from gossip.transport import GossipNode, view_rows
 from gossip.wire import derive_key
+from hydfs.server import HydfsServer
 from rainstorm.config import Config
 from rainstorm.redis_proc import RedisSupervisor, redis_password
 
@@ -46,6 +47,9 @@ class Node:
         self.gossip.frame_stats = self.rpc.stats  # one set of dropped-frame counters per node
         self.redis = RedisSupervisor(self.host, spec.redis_port, redis_password(spec.secret, spec.node_id),
                                      spec.data_dir, spec.config.node)
+        self.rpc_client = RpcClient(key)
+        self.hydfs = HydfsServer(spec.node_id, spec.data_dir, self.rpc, self.rpc_client, self.gossip,
+                                 config=spec.config.hydfs)
         self.roles: list[str] = []
         self._stop = asyncio.Event()
         self.rpc.register("node.info", self._info)
@@ -78,11 +82,14 @@ class Node:
         try:
             await self.rpc.start(self.host, self.port)
             await self.gossip.start(self.spec.join)
+            await self.hydfs.start()
             log.info("node up", extra={"address": self.spec.bind, "redis_pid": self.redis.pid})
             await self._stop.wait()
             log.info("leaving")
             await self.gossip.leave(self.spec.config.node.leave_linger)
         finally:
+            await self.hydfs.close()
+            await self.rpc_client.close()
             await self.gossip.close()
             await self.rpc.close()
             await self.redis.stop()

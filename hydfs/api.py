@@ -1,0 +1,193 @@
+"""``hydfs.Client``: the asyncio client the CLI and the stream layer use.
+
+It drives the sans-IO :class:`hydfs.client.ClientCore` (request ids, retries with the same
+(client id, seq), redirects to the primary, read-your-own-appends) over RPC, and keeps the
+optional byte-bounded LRU cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from gossip.rpc import RpcClient, RpcError, Unreachable
+from hydfs.cache import FileCache
+from hydfs.client import ClientCore, Result
+from hydfs.names import check_name
+
+
+class HydfsError(Exception):
+    """An operation failed for a reason the user can act on (the message says which)."""
+
+
+ERRORS = {
+    "exists": "{name} already exists in HyDFS",
+    "not_found": "no such HyDFS file: {name}",
+    "fenced": "append to {name} refused: a newer writer epoch is recorded (this writer was replaced)",
+    "len_mismatch": "append to {name} refused: the file changed length",
+    "deleted": "{name} was removed",
+    "not_ready": "that replica's copy of {name} is not confirmed by the primary yet (it restarted or lags)",
+}
+
+
+class Client:
+    def __init__(self, rpc: RpcClient, seeds: list[str], client_id: str | None = None,
+                 cache_bytes: int = 0, timeout: float = 30.0, poll: float = 2.0) -> None:
+        self.rpc = rpc
+        self.seeds = list(seeds)
+        self.core = ClientCore(client_id or f"client-{uuid.uuid4().hex[:12]}", retry=1.0)
+        self.cache = FileCache(cache_bytes)
+        self.timeout = timeout
+        self.poll = poll
+        self.addrs: dict[str, str] = {}
+        self._view_at = -1e9
+        self._results: dict[int, Result] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
+
+    # -- membership -------------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Learn the live nodes (id -> address) from the first seed or known node that answers."""
+        errors = []
+        for addr in [*self.seeds, *self.addrs.values()]:
+            try:
+                rows = await self.rpc.call(addr, "node.members", timeout=2.0)
+            except (Unreachable, RpcError) as exc:
+                errors.append(str(exc))
+                continue
+            self.addrs = {r["id"]: r["address"] for r in rows if r["state"] in ("alive", "suspect")}
+            self.core.on_membership(list(self.addrs), self.clock())
+            self._view_at = self.clock()
+            return
+        raise HydfsError("no node answered: " + "; ".join(errors))
+
+    # -- the driver -------------------------------------------------------------------------------
+    async def _exchange(self, dest: str, msg: dict[str, Any] | None) -> None:
+        addr = self.addrs.get(dest)
+        if addr is None:
+            return  # unknown node: the core retries elsewhere after a refresh
+        try:
+            replies = await self.rpc.call(addr, "hydfs.client", {"src": self.core.client_id, "m": msg,
+                                                                  "wait": self.poll}, timeout=self.poll + 5)
+        except (Unreachable, RpcError):
+            return  # lost: the core retries with the same (client id, seq)
+        now = self.clock()
+        for r in replies or []:
+            self.core.receive(dest, r, now)
+        self._wake.set()
+
+    def _pump(self) -> None:
+        for dest, msg in self.core.take_outgoing():
+            t = asyncio.create_task(self._exchange(dest, msg))
+            self._inflight.add(t)
+            t.add_done_callback(self._inflight.discard)
+        self._results.update(self.core.take_results())
+
+    async def _run(self, op_id: int, name: str) -> Result:
+        deadline = self.clock() + self.timeout
+        while True:
+            self._pump()
+            if op_id in self._results:
+                return self._results.pop(op_id)
+            now = self.clock()
+            if now > deadline:
+                raise HydfsError(f"{name}: no answer from HyDFS within {self.timeout:g}s")
+            if now - self._view_at > 1.0:
+                with contextlib.suppress(HydfsError):
+                    await self.refresh()
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.05)
+            self.core.tick(self.clock())
+
+    async def _op(self, name: str, start: Any) -> Result:
+        check_name(name)
+        if not self.addrs:
+            await self.refresh()
+        res = await self._run(start(self.clock()), name)
+        if not res.ok:
+            raise HydfsError(ERRORS.get(res.err or "", "{name}: " + str(res.err)).format(name=name))
+        return res
+
+    # -- operations -------------------------------------------------------------------------------
+    async def create(self, name: str, data: bytes) -> int:
+        res = await self._op(name, lambda now: self.core.create(name, data, now))
+        self.cache.appended(name, res.index or 0)
+        return res.index or 0
+
+    async def append(self, name: str, data: bytes, cond: dict[str, Any] | None = None) -> int:
+        res = await self._op(name, lambda now: self.core.append(name, data, now, cond))
+        self.cache.appended(name, res.index or 0)
+        self.cache.invalidate(name)
+        return res.index or 0
+
+    async def get(self, name: str) -> bytes:
+        cached = self.cache.get(name)
+        if cached is not None:
+            return cached[1]
+        res = await self._op(name, lambda now: self.core.get(name, now))
+        data = res.data
+        self.cache.put(name, res.index or 0, data)
+        return data
+
+    async def get_entries(self, name: str) -> list[tuple[int, bytes]]:
+        """Committed entries as (index, data): how the stream layer reads logs."""
+        return (await self._op(name, lambda now: self.core.get(name, now))).entries
+
+    async def getfromreplica(self, node_id: str, name: str) -> bytes:
+        if not self.addrs:
+            await self.refresh()
+        if node_id not in self.addrs:
+            raise HydfsError(f"{node_id} is not a live node")
+        deadline = self.clock() + self.timeout
+        while True:
+            try:
+                return (await self._op(name, lambda now: self.core.get(name, now, replica=node_id))).data
+            except HydfsError as exc:
+                # a replica that just (re)joined vouches for its copy only once a primary confirmed it
+                if "not confirmed" not in str(exc) or self.clock() > deadline:
+                    raise
+            await asyncio.sleep(0.25)
+
+    async def merge(self, name: str) -> dict[str, Any]:
+        return (await self._op(name, lambda now: self.core.merge(name, now))).reply
+
+    async def ls(self, name: str) -> dict[str, Any]:
+        return (await self._op(name, lambda now: self.core.ls(name, now))).reply
+
+    async def rm(self, name: str) -> None:
+        await self._op(name, lambda now: self.core.rm(name, now))
+        self.cache.invalidate(name)
+
+    async def store(self, node_id: str) -> list[str]:
+        """Files held on one node."""
+        if not self.addrs:
+            await self.refresh()
+        addr = self.addrs.get(node_id)
+        if addr is None:
+            raise HydfsError(f"{node_id} is not a live node")
+        try:
+            replies = await self.rpc.call(addr, "hydfs.client", {
+                "src": self.core.client_id, "m": {"t": "c_store", "rid": 0}, "wait": 2.0}, timeout=8)
+        except (Unreachable, RpcError) as exc:
+            raise HydfsError(f"{node_id}: {exc}") from None
+        files = None
+        for r in replies:
+            if isinstance(r, dict) and r.get("rid") == 0 and isinstance(r.get("files"), list):
+                files = [str(f) for f in r["files"]]
+            else:  # a late answer to another operation of ours shares the mailbox
+                self.core.receive(node_id, r, self.clock())
+        if files is not None:
+            return files
+        raise HydfsError(f"{node_id} did not list its files")
+
+    async def close(self) -> None:
+        for t in list(self._inflight):
+            t.cancel()

@@ -1,0 +1,191 @@
+"""The client side: request ids, retries with the same (client id, seq), read-your-own-appends.
+
+A client keeps, per file, the highest index of its own acknowledged appends; a read whose commit
+index is below it came from a stale copy or a deposed primary, and is redone at the primary.
+Retries reuse the append's (client id, seq), so the primary's idempotency table (derived from the
+log) answers a retry of an append that already landed with its original index.
+
+``client_id`` must be unique per client *incarnation* (or ``seq_start`` must continue past the last
+seq it used): two incarnations reusing (id, seq) would be taken for retries of each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydfs.messages import BUSY, NOT_PRIMARY, Msg, parse
+from hydfs.ring import Ring
+
+
+@dataclass
+class Result:
+    ok: bool
+    err: str | None = None
+    index: int | None = None
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(d for _, d in self.entries)
+
+
+@dataclass
+class _Op:
+    op_id: int
+    kind: str
+    name: str
+    msg: Msg
+    dest: str | None = None
+    sent: float = -math.inf
+    replica: str | None = None
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    attempts: int = 0
+
+
+class ClientCore:
+    def __init__(self, client_id: str, *, replicas: int = 3, retry: float = 1.0, seq_start: int = 0,
+                 page: int = 1000) -> None:
+        self.client_id = client_id
+        self.replicas = replicas
+        self.retry = retry
+        self.page = page
+        self.seq = seq_start
+        self.ring = Ring()
+        self.own_max: dict[str, int] = {}   # highest index of our own acknowledged appends
+        self.results: dict[int, Result] = {}
+        self.stats: dict[str, int] = {"retries": 0, "redirects": 0, "stale_reads": 0, "malformed": 0}
+        self._ops: dict[int, _Op] = {}       # by rid of its current request
+        self._next_rid = 1
+        self._next_op = 1
+        self._out: list[tuple[str, Msg]] = []
+        self.now = 0.0
+
+    # ----------------------------------------------------------------- operations (return an op id)
+
+    def create(self, name: str, data: bytes, now: float) -> int:
+        self.seq += 1
+        return self._start("c_create", name, {"client": self.client_id, "seq": self.seq, "data": data}, now)
+
+    def append(self, name: str, data: bytes, now: float, cond: dict[str, Any] | None = None) -> int:
+        self.seq += 1
+        return self._start("c_append", name, {"client": self.client_id, "seq": self.seq, "data": data,
+                                              "cond": cond}, now)
+
+    def get(self, name: str, now: float, replica: str | None = None) -> int:
+        return self._start("c_get", name, {"start": 1, "limit": self.page, "replica_ok": replica is not None},
+                           now, replica=replica)
+
+    def merge(self, name: str, now: float) -> int:
+        return self._start("c_merge", name, {}, now)
+
+    def rm(self, name: str, now: float) -> int:
+        return self._start("c_rm", name, {}, now)
+
+    def ls(self, name: str, now: float) -> int:
+        return self._start("c_ls", name, {}, now)
+
+    def pending(self) -> int:
+        return len(self._ops)
+
+    # ----------------------------------------------------------------- the I/O edge's interface
+
+    def on_membership(self, alive: Iterable[str], now: float) -> None:
+        self.ring = Ring(alive)
+
+    def take_outgoing(self) -> list[tuple[str, dict[str, Any]]]:
+        out, self._out = self._out, []
+        return out
+
+    def take_results(self) -> dict[int, Result]:
+        out, self.results = self.results, {}
+        return out
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        for op in list(self._ops.values()):
+            if now - op.sent >= self.retry:
+                self.stats["retries"] += 1
+                op.replica = None  # a silent replica: fall back to the primary
+                self._send(op, None, now)
+
+    def receive(self, src: str, msg: object, now: float) -> None:
+        self.now = now
+        m = parse(msg)
+        if m is None or m["t"] != "reply":
+            self.stats["malformed"] += 1
+            return
+        op = self._ops.get(m["rid"])
+        if op is None:
+            return  # an answer to a request we already finished
+        if not m["ok"]:
+            err = m["err"]
+            if err in (NOT_PRIMARY, BUSY):
+                self.stats["redirects"] += 1
+                hint = m.get("primary")
+                if err == NOT_PRIMARY and hint and hint != op.dest:
+                    self._send(op, hint, now)
+                else:
+                    op.sent = now - self.retry / 2  # try again in half a retry period
+                return
+            self._finish(op, Result(False, err, reply=m))
+            return
+        if op.kind == "c_get":
+            self._page(op, src, m, now)
+            return
+        index = m.get("index")
+        if op.kind in ("c_append", "c_create") and index is not None:
+            self.own_max[op.name] = max(self.own_max.get(op.name, 0), index)
+        self._finish(op, Result(True, index=index, reply=m))
+
+    # ----------------------------------------------------------------- internals
+
+    def _start(self, kind: str, name: str, fields: dict[str, Any], now: float, replica: str | None = None) -> int:
+        op_id = self._next_op
+        self._next_op += 1
+        op = _Op(op_id, kind, name, {"t": kind, "f": name, **fields}, replica=replica)
+        self._send(op, None, now, new_rid=True)
+        return op_id
+
+    def _send(self, op: _Op, dest: str | None, now: float, new_rid: bool = False) -> None:
+        if new_rid or "rid" not in op.msg:
+            self._ops.pop(op.msg.get("rid", -1), None)
+            op.msg["rid"] = self._next_rid
+            self._next_rid += 1
+            self._ops[op.msg["rid"]] = op
+        if dest is None:
+            dest = op.replica or self.ring.primary(op.name)
+        if op.kind == "c_get":
+            op.msg["replica_ok"] = op.replica is not None and dest == op.replica
+        op.dest, op.sent = dest, now
+        op.attempts += 1
+        if dest is not None:
+            self._out.append((dest, dict(op.msg)))
+
+    def _page(self, op: _Op, src: str, m: Msg, now: float) -> None:
+        items: list[tuple[int, bytes]] = m.get("entries", [])
+        commit: int = m.get("commit", 0)
+        start = op.msg["start"]
+        if any(i != start + k for k, (i, _) in enumerate(items)) or commit < start - 1:
+            self.stats["malformed"] += 1
+            return
+        if commit < self.own_max.get(op.name, 0):
+            # Older than our own acknowledged append: a stale copy. Start over at the primary.
+            self.stats["stale_reads"] += 1
+            op.entries, op.replica = [], None
+            op.msg["start"] = 1
+            op.sent = now - self.retry / 2
+            return
+        op.entries.extend(items)
+        if items and items[-1][0] < commit:
+            op.msg["start"] = items[-1][0] + 1
+            self._send(op, src, now, new_rid=True)
+            return
+        self._finish(op, Result(True, entries=op.entries, index=commit, reply=m))
+
+    def _finish(self, op: _Op, result: Result) -> None:
+        self._ops.pop(op.msg["rid"], None)
+        self.results[op.op_id] = result

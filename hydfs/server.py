@@ -1,0 +1,184 @@
+"""The asyncio edge of a HyDFS node: moves :class:`hydfs.node_core.NodeCore` messages over RPC.
+
+* node -> node: one-way batches (``hydfs.msgs``), one ordered sender per destination; a failed
+  send drops the batch, which the core treats like network loss (it retries by itself).
+* client -> node: ``hydfs.client`` hands a client's message to the core and long-polls that
+  client's mailbox, so replies the core sends later (after replication) still reach it.
+Membership comes in only through :class:`gossip.types.MembershipView`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gossip.rpc import RemoteError, RpcClient, RpcServer, Unreachable
+from gossip.types import MemberEvent, MembershipView
+from hydfs.context import CoreConfig
+from hydfs.disk import DiskStorage
+from hydfs.node_core import NodeCore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    tick: float = 0.02            # how often the core's timers run
+    poll_max: float = 10.0        # longest a client's long poll may wait
+    mailbox_idle: float = 60.0    # a client silent this long loses its undelivered replies
+    fsync: bool = True            # fsync every append (off only for benchmarks of the protocol)
+
+
+class _Mailbox:
+    def __init__(self) -> None:
+        self.msgs: list[dict[str, Any]] = []
+        self.event = asyncio.Event()
+        self.used = time.monotonic()
+
+
+class HydfsServer:
+    def __init__(self, node_id: str, data_dir: Path, rpc: RpcServer, client: RpcClient,
+                 membership: MembershipView, core_config: CoreConfig | None = None,
+                 config: ServerConfig | None = None) -> None:
+        self.node_id = node_id
+        self.cfg = config or ServerConfig()
+        self.storage = DiskStorage(data_dir / "hydfs", fsync=self.cfg.fsync)
+        self.core = NodeCore(node_id, self.storage, core_config)
+        self.rpc_client = client
+        self.membership = membership
+        self.addrs: dict[str, str] = {}
+        self._queues: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._wakers: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self._mail: dict[str, _Mailbox] = {}
+        self._task: asyncio.Task[None] | None = None
+        rpc.register("hydfs.msgs", self._on_msgs)
+        rpc.register("hydfs.client", self._on_client)
+        rpc.register("hydfs.info", self._on_info)
+        membership.subscribe(self._on_event)
+
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
+
+    async def start(self) -> None:
+        if self.storage.recovered_bytes:
+            log.warning("cut torn tails at start-up", extra={"bytes": self.storage.recovered_bytes})
+        self._refresh_view()
+        self._task = asyncio.create_task(self._ticker())
+
+    async def close(self) -> None:
+        tasks = [t for t in [self._task, *self._senders.values()] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self.storage.close()
+
+    # -- membership -------------------------------------------------------------------------------
+    def _refresh_view(self) -> None:
+        alive = self.membership.alive()
+        self.addrs = {m.node_id: m.addr for m in alive}
+        self.core.on_membership(list(self.addrs), self.clock())
+        self._flush()
+
+    def _on_event(self, ev: MemberEvent) -> None:
+        if ev.kind == "self_failed":
+            self.core.on_declared_failed(self.clock())
+        self._refresh_view()
+
+    # -- the core's clock and output --------------------------------------------------------------
+    async def _ticker(self) -> None:
+        last_view: frozenset[str] = frozenset()
+        while True:
+            await asyncio.sleep(self.cfg.tick)
+            view = frozenset(m.node_id for m in self.membership.alive())
+            if view != last_view:  # suspect->alive and the like change no event but may change addresses
+                last_view = view
+                self._refresh_view()
+            self.core.tick(self.clock())
+            self._flush()
+            self._reap_mailboxes()
+
+    def _flush(self) -> None:
+        for dest, msg in self.core.take_outgoing():
+            if dest == self.node_id:
+                self.core.receive(self.node_id, msg, self.clock())
+            elif dest in self.addrs:
+                self._queues[dest].append(msg)
+                self._wakers[dest].set()
+                if dest not in self._senders or self._senders[dest].done():
+                    self._senders[dest] = asyncio.create_task(self._sender(dest))
+            else:
+                box = self._mail.get(dest)
+                if box is None:
+                    box = self._mail[dest] = _Mailbox()
+                box.msgs.append(msg)
+                box.event.set()
+
+    async def _sender(self, dest: str) -> None:
+        """Ship ``dest``'s queue in batches, in order; one batch in flight at a time."""
+        while True:
+            if not self._queues[dest]:
+                self._wakers[dest].clear()
+                try:
+                    await asyncio.wait_for(self._wakers[dest].wait(), 30)
+                except TimeoutError:
+                    return
+                continue
+            batch, self._queues[dest] = self._queues[dest], []
+            addr = self.addrs.get(dest)
+            if addr is None:
+                continue  # not alive any more: as if lost
+            try:
+                await self.rpc_client.call(addr, "hydfs.msgs", {"src": self.node_id, "ms": batch}, timeout=5.0)
+            except (Unreachable, Exception) as exc:  # the protocol resends what matters
+                log.debug("send to %s failed: %s", dest, exc)
+                await asyncio.sleep(0.05)
+
+    # -- RPC handlers ---------------------------------------------------------------------------
+    async def _on_msgs(self, a: dict[str, Any]) -> None:
+        src, msgs = a.get("src"), a.get("ms")
+        if not isinstance(src, str) or not isinstance(msgs, list):
+            self.core.stats["malformed"] += 1
+            return
+        now = self.clock()
+        for m in msgs:
+            self.core.receive(src, m, now)
+        self._flush()
+
+    async def _on_client(self, a: dict[str, Any]) -> list[dict[str, Any]]:
+        src, msg, wait = a.get("src"), a.get("m"), a.get("wait", 0)
+        if not isinstance(src, str) or not src or src in self.addrs:
+            raise RemoteError("bad client id")
+        if not isinstance(wait, (int, float)):
+            raise RemoteError("bad wait")
+        box = self._mail.get(src)
+        if box is None:
+            box = self._mail[src] = _Mailbox()
+        box.used = self.clock()
+        if msg is not None:
+            self.core.receive(src, msg, self.clock())
+            self._flush()
+        if not box.msgs and wait > 0:
+            box.event.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(box.event.wait(), min(float(wait), self.cfg.poll_max))
+        out, box.msgs = box.msgs, []
+        box.used = self.clock()
+        return out
+
+    async def _on_info(self, _a: dict[str, Any]) -> dict[str, Any]:
+        return self.core.describe()
+
+    def _reap_mailboxes(self) -> None:
+        now = self.clock()
+        for cid in [c for c, b in self._mail.items() if now - b.used > self.cfg.mailbox_idle]:
+            del self._mail[cid]

@@ -1,0 +1,149 @@
+"""What a node keeps durably per file, behind a small interface the disk implementation also meets.
+
+Only this survives a crash: the log entries and :class:`FileMeta` (the promised term, the in-sync set
+and its version, whether the file is live or deleted). Commit indexes, trust, leader state and the
+idempotency/fence tables are rebuilt after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from hydfs.entries import Entry, Runs, cut_runs, extend_runs
+
+Version = tuple[int, int]  # (term, seq) of an in-sync-set change; totally ordered, unique per primary
+
+
+@dataclass
+class FileMeta:
+    term: int = 0                      # highest term promised for this file (a replica rejects lower)
+    leader: str = ""                   # who ``term`` was promised to: one primary per term
+    created: int | None = None         # term this incarnation was created in; None: not live
+    deleted: tuple[int, int] | None = None  # (term, last index) of the rm that removed it
+    ver: Version | None = None         # version of the in-sync set this node last persisted
+    isr: tuple[str, ...] = field(default=())
+
+    def copy(self) -> FileMeta:
+        return replace(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain msgpack-able form, for storage implementations that serialise it."""
+        return {"term": self.term, "leader": self.leader, "created": self.created,
+                "deleted": list(self.deleted) if self.deleted else None,
+                "ver": list(self.ver) if self.ver else None, "isr": list(self.isr)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileMeta:
+        dl, ver = d.get("deleted"), d.get("ver")
+        return cls(term=d["term"], leader=d["leader"], created=d.get("created"),
+                   deleted=(dl[0], dl[1]) if dl else None, ver=(ver[0], ver[1]) if ver else None,
+                   isr=tuple(d.get("isr", ())))
+
+
+class Storage(Protocol):
+    """Durable per-file state. Every write returns only once it would survive a crash.
+
+    Entries are numbered 1..last with no gaps; ``append`` always continues at ``last + 1``.
+    ``runs`` is the term-run summary of the log (see :mod:`hydfs.entries`); an implementation keeps
+    it alongside the log so it never has to scan entries.
+    """
+
+    def names(self) -> list[str]:
+        """Every file with durable state (meta or entries) on this node."""
+        ...
+
+    def meta(self, name: str) -> FileMeta | None:
+        """A copy; change it and hand it back to :meth:`put_meta` to persist."""
+        ...
+
+    def put_meta(self, name: str, meta: FileMeta) -> None: ...
+
+    def last(self, name: str) -> tuple[int, int]:
+        """(last index, its term); (0, 0) for an empty or unknown log."""
+        ...
+
+    def runs(self, name: str) -> Runs: ...
+
+    def read(self, name: str, start: int, stop: int) -> list[Entry]:
+        """Entries with ``start <= index < stop`` (clipped to the log)."""
+        ...
+
+    def append(self, name: str, entries: Sequence[Entry]) -> None: ...
+
+    def truncate(self, name: str, keep: int) -> None:
+        """Keep entries 1..keep, drop the rest."""
+        ...
+
+    def drop(self, name: str) -> None:
+        """Forget the file entirely (entries and meta)."""
+        ...
+
+
+@dataclass
+class _MemFile:
+    meta: FileMeta | None = None
+    entries: list[Entry] = field(default_factory=list)
+    runs: Runs = field(default_factory=list)
+
+
+class MemoryStorage:
+    """In-memory :class:`Storage`. In the simulator it outlives a node's crash, like a disk would."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, _MemFile] = {}
+        self.writes = 0
+
+    def names(self) -> list[str]:
+        return sorted(self._files)
+
+    def meta(self, name: str) -> FileMeta | None:
+        f = self._files.get(name)
+        return f.meta.copy() if f and f.meta else None
+
+    def put_meta(self, name: str, meta: FileMeta) -> None:
+        self._files.setdefault(name, _MemFile()).meta = meta.copy()
+        self.writes += 1
+
+    def last(self, name: str) -> tuple[int, int]:
+        f = self._files.get(name)
+        if not f or not f.entries:
+            return (0, 0)
+        e = f.entries[-1]
+        return (e.index, e.term)
+
+    def runs(self, name: str) -> Runs:
+        f = self._files.get(name)
+        return list(f.runs) if f else []
+
+    def read(self, name: str, start: int, stop: int) -> list[Entry]:
+        f = self._files.get(name)
+        if not f:
+            return []
+        return f.entries[max(start, 1) - 1:max(stop - 1, 0)]
+
+    def append(self, name: str, entries: Sequence[Entry]) -> None:
+        f = self._files.setdefault(name, _MemFile())
+        for k, e in enumerate(entries):
+            if e.index != len(f.entries) + 1 + k:
+                raise ValueError(f"append to {name!r} at {e.index} leaves a gap after {len(f.entries)}")
+        f.entries.extend(entries)
+        extend_runs(f.runs, entries)
+        self.writes += 1
+
+    def truncate(self, name: str, keep: int) -> None:
+        f = self._files.get(name)
+        if f and len(f.entries) > keep:
+            del f.entries[max(keep, 0):]
+            cut_runs(f.runs, keep)
+            self.writes += 1
+
+    def drop(self, name: str) -> None:
+        self._files.pop(name, None)
+        self.writes += 1
+
+    def entries(self, name: str) -> list[Entry]:
+        """The whole log (tests and the simulator only)."""
+        f = self._files.get(name)
+        return list(f.entries) if f else []
