@@ -150,11 +150,15 @@ def members(at: AtOpt = None, as_json: JsonOpt = False, directory: DirOpt = DEFA
     async def body(client: Any) -> Any:
         return await call_any(client, target.addresses, "node.members")
 
+    from hydfs.ring import position
+
     rows = run_rpc(target.secret, body)
+    for r in rows:  # where the node sits on the HyDFS ring (the classic list_mem_ids)
+        r["ring_position"] = position(r["id"])
     if as_json:
         _print_json({"members": rows})
     else:
-        _table("members", rows, ["id", "address", "state", "incarnation", "seconds"])
+        _table("members", rows, ["id", "address", "state", "incarnation", "seconds", "ring_position"])
 
 
 # -- dfs --------------------------------------------------------------------------------------------
@@ -246,7 +250,8 @@ def dfs_merge(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_j
     if as_json:
         _print_json(row)
     else:
-        out.print(f"merged {name}: {row['replicas_checked']} replicas agree on {row['entries']} entries")
+        out.print(f"merged {name}: the primary and {row['replicas_checked']} replicas hold the same "
+                  f"{row['entries']} entries")
 
 
 @dfs_app.command("ls")

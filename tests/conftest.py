@@ -16,8 +16,9 @@ from rainstorm.locate import run_rpc
 
 
 def free_base(offset: int = 0) -> int:
-    # spread concurrent test runs over the port space; cluster.up() still probes each port
-    return 20000 + (os.getpid() * 37 + offset * 400) % 30000
+    # spread concurrent test runs over 10000-31999, below the kernel's ephemeral range (32768+) so an
+    # outgoing connection never takes the port of a node that is down for a restart; up() still probes
+    return 10000 + (os.getpid() * 37 + offset * 400) % 21000
 
 
 class LocalCluster:

@@ -99,7 +99,7 @@ def test_cli_up_status_members_down(tmp_path: Path) -> None:
         assert all(r["membership"] == "alive" and r["redis_pid"] for r in rows)
         m = json.loads(_cli("members", "--json", cwd=tmp_path).stdout)["members"]
         assert {r["id"] for r in m} == {"node-1", "node-2", "node-3"}
-        assert set(m[0]) == {"id", "address", "state", "incarnation", "seconds"}
+        assert set(m[0]) == {"id", "address", "state", "incarnation", "seconds", "ring_position"}
         rc = _cli("redis-cli", "node-2", "PING", cwd=tmp_path)
         assert rc.stdout.strip() == "PONG", rc.stderr
     finally:
