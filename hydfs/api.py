@@ -20,7 +20,12 @@ from hydfs.names import check_name
 
 
 class HydfsError(Exception):
-    """An operation failed for a reason the user can act on (the message says which)."""
+    """An operation failed for a reason the user can act on (the message says which); ``code`` is the
+    protocol's error code (``exists``, ``not_found``, ``fenced``, ...) for callers that branch on it."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 ERRORS = {
@@ -113,7 +118,7 @@ class Client:
             await self.refresh()
         res = await self._run(start(self.clock()), name)
         if not res.ok:
-            raise HydfsError(ERRORS.get(res.err or "", "{name}: " + str(res.err)).format(name=name))
+            raise HydfsError(ERRORS.get(res.err or "", "{name}: " + str(res.err)).format(name=name), res.err)
         return res
 
     # -- operations -------------------------------------------------------------------------------
@@ -122,8 +127,9 @@ class Client:
         self.cache.appended(name, res.index or 0)
         return res.index or 0
 
-    async def append(self, name: str, data: bytes, cond: dict[str, Any] | None = None) -> int:
-        res = await self._op(name, lambda now: self.core.append(name, data, now, cond))
+    async def append(self, name: str, data: bytes, cond: dict[str, Any] | None = None,
+                     key: tuple[str, int] | None = None) -> int:
+        res = await self._op(name, lambda now: self.core.append(name, data, now, cond, key))
         self.cache.appended(name, res.index or 0)
         self.cache.invalidate(name)
         return res.index or 0
@@ -152,7 +158,7 @@ class Client:
                 return (await self._op(name, lambda now: self.core.get(name, now, replica=node_id))).data
             except HydfsError as exc:
                 # a replica that just (re)joined vouches for its copy only once a primary confirmed it
-                if "not confirmed" not in str(exc) or self.clock() > deadline:
+                if exc.code != "not_ready" or self.clock() > deadline:
                     raise
             await asyncio.sleep(0.25)
 

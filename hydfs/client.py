@@ -70,10 +70,14 @@ class ClientCore:
         self.seq += 1
         return self._start("c_create", name, {"client": self.client_id, "seq": self.seq, "data": data}, now)
 
-    def append(self, name: str, data: bytes, now: float, cond: dict[str, Any] | None = None) -> int:
-        self.seq += 1
-        return self._start("c_append", name, {"client": self.client_id, "seq": self.seq, "data": data,
-                                              "cond": cond}, now)
+    def append(self, name: str, data: bytes, now: float, cond: dict[str, Any] | None = None,
+               key: tuple[str, int] | None = None) -> int:
+        """``key`` = (client id, seq) chosen by the caller: a writer that restarts can repeat an append
+        under the key it used before (the stream layer keys sink appends by (task, log index))."""
+        if key is None:
+            self.seq += 1
+            key = (self.client_id, self.seq)
+        return self._start("c_append", name, {"client": key[0], "seq": key[1], "data": data, "cond": cond}, now)
 
     def get(self, name: str, now: float, replica: str | None = None) -> int:
         return self._start("c_get", name, {"start": 1, "limit": self.page, "replica_ok": replica is not None},
