@@ -111,6 +111,7 @@ def node_start(
     redis_port: Annotated[int | None, typer.Option(
         "--redis-port", help="Port of this node's redis-server (default PORT+200).")] = None,
     node_id: Annotated[str | None, typer.Option("--id", help="Node id (default HOST:PORT).")] = None,
+    leader: Annotated[str, typer.Option("--leader", help="Node id of the cluster's leader.")] = "node-1",
     config: ConfigOpt = None,
 ) -> None:
     """Run a node: gossip member, RPC server and its own redis-server, until SIGTERM (graceful leave)."""
@@ -132,7 +133,7 @@ def node_start(
     cfg = configmod.load(config)
     logs.setup(nid)
     spec = NodeSpec(nid, bind, joins, data or Path(f"data-{nid.replace(':', '-')}"),
-                    redis_port or port + 200, secret, cfg)
+                    redis_port or port + 200, secret, cfg, leader)
     try:
         asyncio.run(Node(spec).run())
     except OSError as exc:
@@ -318,6 +319,167 @@ def dfs_rm(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None
     """Remove NAME from every replica."""
     _dfs(at, directory, lambda c: c.rm(name))
     out.print(f"removed {name}")
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+async def _leader(client: Any, addresses: list[str], method: str, args: dict[str, Any] | None = None) -> Any:
+    info = await call_any(client, addresses, "node.info")
+    rows = await call_any(client, addresses, "node.members")
+    addr = next((r["address"] for r in rows if r["id"] == info["leader"] and r["state"] == "alive"), None)
+    if addr is None:
+        raise UserError(f"the leader {info['leader']} is not alive")
+    return await call_any(client, [addr], method, args, timeout=30.0)
+
+
+def _leader_call(at: str | None, directory: Path, method: str, args: dict[str, Any] | None = None) -> Any:
+    target = locate(at, directory)
+    return run_rpc(target.secret, lambda c: _leader(c, target.addresses, method, args))
+
+
+def _parse_args(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise UserError(f"--arg {p!r}: expected NAME=VALUE")
+        out[k] = v
+    return out
+
+
+def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None, args: dict[str, str],
+               rate: float | None, at: str | None, directory: Path) -> dict[str, Any]:
+    """Check the job file here (one clear error), store it in HyDFS and hand the job to the leader."""
+    import uuid
+
+    from hydfs.api import Client, HydfsError
+    from rainstorm.stream.jobfile import JobError, load_job
+    from rainstorm.stream.plan import build_plan
+
+    text = _read_local(job_file)
+    try:
+        stages = load_job(text, args, filename=job_file.name)
+        job = name or job_file.stem
+        plan = build_plan(job, src, dest, stages, tasks)
+    except (JobError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    target = locate(at, directory)
+    stored = f"rs/jobs/{job}-{uuid.uuid4().hex[:8]}.py"
+    spec = {"job_file": stored, "job_name": job_file.name, "src": src, "dest": dest, "tasks": tasks,
+            "args": args, "rate": rate}
+    names = [plan.task_name(r) for r in plan.tasks()]
+
+    async def body(rpc: Any) -> Any:
+        client = Client(rpc, target.addresses)
+        try:
+            await client.ls(src)
+        except HydfsError as exc:
+            raise UserError(f"unknown source file: {src} ({exc})" if exc.code == "not_found" else str(exc)) from None
+        await client.create(stored, text)
+        return await _leader(rpc, target.addresses, "leader.submit", {"name": job, "spec": spec, "tasks": names})
+
+    return run_rpc(target.secret, body)
+
+
+@app.command("submit")
+def submit(
+    job_file: Path, src: Annotated[str, typer.Option("--src", help="HyDFS file to read, line by line.")],
+    dest: Annotated[str, typer.Option("--dest", help="HyDFS file the sink appends [key, value] lines to.")],
+    tasks: Annotated[int, typer.Option("--tasks", help="Tasks per stage.")] = 3,
+    name: Annotated[str | None, typer.Option("--name", help="Job name (default: the file's stem).")] = None,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="NAME=VALUE, read by the job as args.")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Source lines per second per source task.")] = None,
+    at: AtOpt = None, directory: DirOpt = DEFAULT_DIR,
+) -> None:
+    """Run a job file on the cluster."""
+    res = submit_job(job_file, src, dest, tasks, name, _parse_args(arg or []), rate, at, directory)
+    out.print(f"submitted {res['name']}: {len(res['assign'])} tasks; `rainstorm status {res['name']}` to follow")
+
+
+def _job_rows(at: str | None, directory: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = _leader_call(at, directory, "leader.jobs")
+    return rows
+
+
+@app.command("jobs")
+def jobs(at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Every job the leader knows."""
+    rows = _job_rows(at, directory)
+    summary = [{"name": j["name"], "state": j["state"], "src": j["src"], "dest": j["dest"], "tasks": len(j["tasks"]),
+                "restarts": sum(t["restarts"] for t in j["tasks"])} for j in rows]
+    if as_json:
+        _print_json({"jobs": summary})
+    else:
+        _table("jobs", summary, ["name", "state", "src", "dest", "tasks", "restarts"])
+
+
+def _job(at: str | None, directory: Path, name: str) -> dict[str, Any]:
+    for j in _job_rows(at, directory):
+        if j["name"] == name:
+            return j
+    raise UserError(f"no job named {name!r} (see `rainstorm jobs`)")
+
+
+@app.command("status")
+def status(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """A job's state and, per task: stage, index, node, processed, emitted, pending, restarts."""
+    j = _job(at, directory, name)
+    if as_json:
+        _print_json(j)
+        return
+    out.print(f"{j['name']}: {j['state']}" + (f" ({j['error']})" if j.get("error") else ""))
+    _table("tasks", j["tasks"], ["stage", "index", "node", "epoch", "processed", "emitted", "pending",
+                                 "deadletters", "restarts", "done"])
+
+
+@app.command("wait")
+def wait(name: str, timeout: Annotated[float, typer.Option("--timeout", help="Seconds (0: forever).")] = 0,
+         at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Wait until the job finished (exit 0), failed or was stopped (exit 1)."""
+    import time
+
+    start = time.monotonic()
+    while True:
+        j = _job(at, directory, name)
+        if j["state"] != "running":
+            break
+        if timeout and time.monotonic() - start > timeout:
+            raise UserError(f"{name} still running after {timeout:g}s")
+        time.sleep(0.3)
+    if j["state"] != "finished":
+        raise UserError(f"{name} {j['state']}" + (f": {j['error']}" if j.get("error") else ""))
+    out.print(f"{name} finished")
+
+
+@app.command("stop")
+def stop(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
+    """Stop a running job."""
+    state = _leader_call(at, directory, "leader.stop", {"name": name})
+    out.print(f"{name}: {state}")
+
+
+@app.command("deadletters")
+def deadletters(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """The tuples a job's operators raised on, with the error."""
+    from hydfs.api import HydfsError
+
+    j = _job(at, directory, name)
+
+    async def fn(c: Any) -> bytes:
+        try:
+            data: bytes = await c.get(f"{j['dest']}.deadletters")
+            return data
+        except HydfsError as exc:
+            if exc.code == "not_found":
+                return b""
+            raise
+
+    lines = [json.loads(x) for x in _dfs(at, directory, fn).decode().splitlines() if x.strip()]
+    if as_json:
+        _print_json({"deadletters": lines})
+    else:
+        for x in lines:
+            out.print(json.dumps(x), highlight=False)
+        out.print(f"{len(lines)} dead letters", style="dim")
 
 
 @app.command("redis-cli", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -20,6 +20,7 @@ from typing import Any
 
 from gossip.config import GossipConfig
 from hydfs.server import ServerConfig as HydfsConfig
+from rainstorm.worker import WorkerConfig
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,7 @@ class Config:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     hydfs: HydfsConfig = field(default_factory=HydfsConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:

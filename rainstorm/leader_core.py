@@ -129,6 +129,18 @@ class LeaderCore:
         self.version += 1
         return True
 
+    def restart(self, job_name: str, task: str, epoch: int) -> bool:
+        """The instance at ``epoch`` lost its node-local state (Redis restarted empty): run a new
+        instance, on the same node if it is alive, at the next epoch."""
+        job = self.jobs.get(job_name)
+        if job is None or job.state != RUNNING or task not in job.assign or job.assign[task].epoch != epoch:
+            return False
+        a = job.assign[task]
+        node = a.node if a.node in self.alive else self._pick(self._load())
+        job.assign[task] = Assignment(node, epoch + 1, a.restarts + 1)
+        self.version += 1
+        return True
+
     def stop(self, job_name: str) -> Job:
         job = self.jobs.get(job_name)
         if job is None:

@@ -192,3 +192,22 @@ def test_restarted_node_serves_no_stale_copy(make_cluster) -> None:  # type: ign
     whole, mine = run(c, read)
     assert whole == b"v1\nv2\n"
     assert mine in (None, b"v1\nv2\n")
+
+
+def test_stream_log_store_fences_and_dedups(c5: LocalCluster) -> None:
+    from rainstorm.hydfs_log import HydfsLogStore
+    from rainstorm.stream.stores import Fenced
+
+    async def body(new: Callable[..., Client]) -> None:
+        log = HydfsLogStore(new())
+        assert await log.entries("rs/j/log/0.0") == []
+        i1 = await log.append("rs/j/log/0.0", b"fence-1", fence="j:0:0", epoch=1, client="j:0:0@1", seq=1)
+        again = await log.append("rs/j/log/0.0", b"fence-1", fence="j:0:0", epoch=1, client="j:0:0@1", seq=1)
+        assert again == i1                                    # a retried append lands once
+        await log.append("rs/j/log/0.0", b"fence-2", fence="j:0:0", epoch=2, client="j:0:0@2", seq=1)
+        with pytest.raises(Fenced):                           # the replaced instance cannot commit
+            await log.append("rs/j/log/0.0", b"zombie", fence="j:0:0", epoch=1, client="j:0:0@1", seq=2)
+        other = HydfsLogStore(new())                          # another client sees the same log
+        assert [d for _, d in await other.entries("rs/j/log/0.0")] == [b"fence-1", b"fence-2"]
+
+    run(c5, body)

@@ -79,3 +79,12 @@ def test_document_roundtrip_keeps_epochs() -> None:
     again = LeaderCore.from_doc("node-1", core.to_doc())
     assert again.table()["jobs"] == core.table()["jobs"]
     assert again.version > core.version
+
+
+def test_lost_instance_restarts_in_place_with_next_epoch() -> None:
+    core = _leader()
+    job = core.submit("j", {}, TASKS[:1])
+    node = job.assign[TASKS[0]].node
+    assert core.restart("j", TASKS[0], 1)
+    assert job.assign[TASKS[0]].node == node and job.assign[TASKS[0]].epoch == 2
+    assert not core.restart("j", TASKS[0], 1)  # a stale report changes nothing

@@ -1,0 +1,175 @@
+"""Baselines for bench/hydfs.py: what the same bytes cost without HyDFS on this machine.
+
+* ``loopback_copy``: a plain TCP copy over 127.0.0.1 (a receiver thread in this process reads the
+  bytes and answers one byte; optionally it writes them to a file and fsyncs before answering);
+* ``loopback_rate``: sequential request/response messages (send one message, wait for the 1-byte
+  answer), the same pattern as sequential appends;
+* ``disk_write``: write the bytes to a local file and fsync it.
+
+Threads and blocking sockets: the sockets release the GIL, so sender and receiver run in parallel
+as two processes would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+HEADER = struct.Struct(">Q")
+BUF = 1 << 20
+
+
+class _Receiver:
+    """Accepts one connection; each message is ``length | bytes``; answers ``b"k"`` after each."""
+
+    def __init__(self, to_disk: Path | None = None) -> None:
+        self.to_disk = to_disk
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.sock.settimeout(30)
+            conn, _ = self.sock.accept()
+            conn.settimeout(30)
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                buf = bytearray(BUF)
+                view = memoryview(buf)
+                while True:
+                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+                    if len(head) < HEADER.size:
+                        return
+                    (left,) = HEADER.unpack(head)
+                    out = open(self.to_disk, "wb") if self.to_disk else None
+                    try:
+                        while left:
+                            n = conn.recv_into(view, min(BUF, left))
+                            if n == 0:
+                                return
+                            if out is not None:
+                                out.write(view[:n])
+                            left -= n
+                        if out is not None:
+                            out.flush()
+                            os.fsync(out.fileno())
+                    finally:
+                        if out is not None:
+                            out.close()
+                    conn.sendall(b"k")
+        except BaseException as exc:  # surfaced by the caller
+            self.error = exc
+        finally:
+            self.sock.close()
+
+
+def _connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def _send(s: socket.socket, data: bytes) -> None:
+    s.sendall(HEADER.pack(len(data)))
+    s.sendall(data)
+    if s.recv(1) != b"k":
+        raise ConnectionError("loopback receiver did not answer")
+
+
+def loopback_copy(data: bytes, repeats: int, to_disk: Path | None = None) -> list[float]:
+    """Seconds to copy ``data`` to a receiver (and its fsync'd file if ``to_disk``), once per repeat.
+
+    The connection is set up before the clock starts, as HyDFS's node-to-node connections are."""
+    rx = _Receiver(to_disk)
+    out = []
+    with _connect(rx.port) as s:
+        _send(s, b"warm")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _send(s, data)
+            out.append(time.perf_counter() - t0)
+    rx.thread.join(10)
+    if rx.error:
+        raise rx.error
+    return out
+
+
+def loopback_rate(msg: bytes, count: int) -> float:
+    """Bytes per second for ``count`` sequential request/response messages of ``msg``."""
+    rx = _Receiver()
+    with _connect(rx.port) as s:
+        _send(s, msg)
+        t0 = time.perf_counter()
+        for _ in range(count):
+            _send(s, msg)
+        took = time.perf_counter() - t0
+    rx.thread.join(10)
+    if rx.error:
+        raise rx.error
+    return len(msg) * count / took
+
+
+def disk_write(data: bytes, path: Path, repeats: int) -> list[float]:
+    """Seconds to write ``data`` to a new file and fsync it, once per repeat."""
+    out = []
+    for _ in range(repeats):
+        path.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        out.append(time.perf_counter() - t0)
+    path.unlink(missing_ok=True)
+    return out
+
+
+def primitives(size: int, path: Path, repeats: int = 20) -> dict[str, float]:
+    """Median seconds of the passes over ``size`` bytes that HyDFS's data path makes (one of each):
+    the frame MAC, msgpack encode and decode, the block CRC, a copy, a write + fsync, a read back."""
+    import hashlib
+    import hmac
+    import zlib
+
+    import msgpack
+
+    data = os.urandom(size)
+    packed = msgpack.packb({"t": "append", "data": data}, use_bin_type=True)
+    key = os.urandom(32)
+
+    def timed(fn: object) -> float:
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()  # type: ignore[operator]
+            out.append(time.perf_counter() - t0)
+        return sorted(out)[len(out) // 2]
+
+    def write_fsync() -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_back() -> None:
+        with open(path, "rb") as f:
+            f.read()
+
+    res = {
+        "hmac-sha256": timed(lambda: hmac.new(key, data, hashlib.sha256).digest()),
+        "msgpack encode": timed(lambda: msgpack.packb({"t": "append", "data": data}, use_bin_type=True)),
+        "msgpack decode": timed(lambda: msgpack.unpackb(packed, raw=False)),
+        "crc32": timed(lambda: zlib.crc32(data)),
+        "bytes copy (concat)": timed(lambda: b"x" + data),
+        "write + fsync": timed(write_fsync),
+        "read (page cache)": timed(read_back),
+    }
+    path.unlink(missing_ok=True)
+    return res

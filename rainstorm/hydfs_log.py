@@ -1,0 +1,38 @@
+"""Task logs, sinks and dead letters in HyDFS: the stream layer's :class:`AsyncLogStore`."""
+
+from __future__ import annotations
+
+from hydfs.api import Client, HydfsError
+from rainstorm.stream.stores import Fenced
+
+
+class HydfsLogStore:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
+        """One fenced, idempotent append; the file is created (empty) on first use."""
+        cond = {"fence": fence, "epoch": epoch}
+        for _ in range(2):
+            try:
+                return await self.client.append(name, data, cond=cond, key=(client, seq))
+            except HydfsError as exc:
+                if exc.code == "fenced":
+                    raise Fenced(str(exc)) from None
+                if exc.code != "not_found":
+                    raise
+            try:
+                await self.client.create(name, b"")
+            except HydfsError as exc:
+                if exc.code != "exists":  # another writer created it first: fine
+                    raise
+        raise HydfsError(f"{name}: could not create the log")
+
+    async def entries(self, name: str) -> list[tuple[int, bytes]]:
+        """Acknowledged records; the empty create entry (index 1) is not a record."""
+        try:
+            return [(i, d) for i, d in await self.client.get_entries(name) if d]
+        except HydfsError as exc:
+            if exc.code == "not_found":
+                return []
+            raise

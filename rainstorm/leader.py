@@ -1,0 +1,144 @@
+"""The leader role on its node: RPC in front of :class:`LeaderCore`, state persisted in HyDFS.
+
+Every change of the job table is appended to the HyDFS file ``rs/leader/state`` (a JSON document per
+entry; the last one wins) before the answer goes out, so a restarted leader continues with the
+same epochs and never hands out an epoch twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from gossip.rpc import RemoteError, RpcServer
+from gossip.transport import GossipNode
+from gossip.types import MemberEvent
+from hydfs.api import Client, HydfsError
+from rainstorm.leader_core import LeaderCore, LeaderError
+
+log = logging.getLogger(__name__)
+STATE_FILE = "rs/leader/state"
+
+
+class Leader:
+    def __init__(self, node_id: str, rpc: RpcServer, hydfs: Client, membership: GossipNode) -> None:
+        self.node_id = node_id
+        self.hydfs = hydfs
+        self.membership = membership
+        self.core = LeaderCore(node_id)
+        self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # job -> task -> counters from its node
+        self._lock = asyncio.Lock()
+        self._moves: asyncio.Task[None] | None = None
+        self.ready = False  # state restored from HyDFS; until then requests are refused
+        for name, fn in [("leader.submit", self._submit), ("leader.table", self._table),
+                         ("leader.report", self._report), ("leader.stop", self._stop), ("leader.jobs", self._jobs)]:
+            rpc.register(name, fn)
+
+    async def start(self) -> None:
+        try:
+            entries = await self.hydfs.get_entries(STATE_FILE)
+            docs = [d for _, d in entries if d]
+            if docs:
+                self.core = LeaderCore.from_doc(self.node_id, json.loads(docs[-1]))
+                log.info("leader state restored", extra={"jobs": len(self.core.jobs)})
+        except HydfsError as exc:
+            if exc.code != "not_found":
+                raise
+        self.core.on_membership([m.node_id for m in self.membership.alive()])
+        self.membership.subscribe(self._on_member)
+        self.ready = True
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise RemoteError("the leader is starting (restoring its state from HyDFS); try again shortly")
+
+    def _on_member(self, _ev: MemberEvent) -> None:
+        if self._moves is None or self._moves.done():
+            self._moves = asyncio.create_task(self._reassign())
+
+    async def _reassign(self) -> None:
+        async with self._lock:
+            moved = self.core.on_membership([m.node_id for m in self.membership.alive()])
+            for m in moved:
+                log.info("task moved", extra={"job": m.job, "task": m.task, "from": m.old, "to": m.new,
+                                              "epoch": m.epoch})
+            if moved:
+                await self._persist()
+
+    async def _persist(self) -> None:
+        doc = json.dumps(self.core.to_doc()).encode()
+        try:
+            await self.hydfs.append(STATE_FILE, doc)
+        except HydfsError as exc:
+            if exc.code != "not_found":
+                raise
+            await self.hydfs.create(STATE_FILE, doc)
+
+    async def _submit(self, a: dict[str, Any]) -> dict[str, Any]:
+        self._check_ready()
+        name, spec, tasks = a.get("name"), a.get("spec"), a.get("tasks")
+        if not isinstance(name, str) or not isinstance(spec, dict) or not isinstance(tasks, list):
+            raise RemoteError("malformed submit")
+        async with self._lock:
+            self.core.on_membership([m.node_id for m in self.membership.alive()])
+            try:
+                job = self.core.submit(name, spec, [str(t) for t in tasks])
+            except LeaderError as exc:
+                raise RemoteError(str(exc)) from None
+            self.stats.pop(name, None)
+            await self._persist()
+        log.info("job submitted", extra={"job": name, "tasks": len(tasks)})
+        return {"name": job.name, "assign": {t: [x.node, x.epoch] for t, x in job.assign.items()}}
+
+    async def _table(self, a: dict[str, Any]) -> dict[str, Any]:
+        self._check_ready()
+        node, stats = a.get("node"), a.get("stats")
+        if isinstance(node, str) and isinstance(stats, dict):
+            for job, tasks in stats.items():
+                if isinstance(tasks, dict):
+                    self.stats.setdefault(str(job), {}).update(tasks)
+        return self.core.table()
+
+    async def _report(self, a: dict[str, Any]) -> bool:
+        self._check_ready()
+        try:
+            job, task, epoch, status = a["job"], a["task"], int(a["epoch"]), a["status"]
+        except (KeyError, TypeError, ValueError):
+            raise RemoteError("malformed report") from None
+        async with self._lock:
+            if status == "lost":  # the instance lost its Redis state: same placement rule, next epoch
+                changed = self.core.restart(job, task, epoch)
+            else:
+                changed = self.core.report(job, task, epoch, status, a.get("error"))
+            if changed:
+                await self._persist()
+        return changed
+
+    async def _stop(self, a: dict[str, Any]) -> str:
+        self._check_ready()
+        async with self._lock:
+            try:
+                job = self.core.stop(str(a.get("name")))
+            except LeaderError as exc:
+                raise RemoteError(str(exc)) from None
+            await self._persist()
+        return job.state
+
+    async def _jobs(self, _a: dict[str, Any]) -> list[dict[str, Any]]:
+        self._check_ready()
+        out = []
+        for j in self.core.jobs.values():
+            tasks = []
+            for t in j.tasks:
+                x = j.assign[t]
+                st = self.stats.get(j.name, {}).get(t, {})
+                _, stage, index = t.rsplit(":", 2)
+                tasks.append({"task": t, "stage": int(stage), "index": int(index), "node": x.node,
+                              "epoch": x.epoch, "restarts": x.restarts, "done": t in j.done,
+                              "processed": st.get("processed", 0), "emitted": st.get("emitted", 0),
+                              "pending": st.get("pending", 0), "deadletters": st.get("deadletters", 0)})
+            out.append({"name": j.name, "state": j.state, "error": j.error, "src": j.spec.get("src"),
+                        "dest": j.spec.get("dest"), "tasks": tasks})
+        return out

@@ -1,0 +1,262 @@
+"""What the task state machine needs from the outside, as protocols, plus in-memory implementations.
+
+The task never calls these itself (it is sans-IO: it emits effects, see ``task.py``); the driver (the
+asyncio worker, or ``sim.py``) performs each effect on a store and reports the result back. The
+protocols are written synchronously; the asyncio worker's HyDFS/Redis adapters have the same methods
+as coroutines (``AsyncLogStore`` / ``AsyncInboxStore``).
+
+- :class:`LogStore` is HyDFS: task logs, the destination file and the dead-letter file. ``append``
+  carries an idempotency key ``(client, seq)`` (a retry returns the original index; HyDFS derives that
+  table from its entries) and a fence precondition ``(fence, epoch)``: refused with :class:`Fenced` if
+  a higher epoch was recorded for that fence key in that file; on success the epoch is recorded.
+  The idempotency key is checked first, as HyDFS's primary does.
+- :class:`InboxStore` is one node's Redis: per task, the channel marks (the dedup state), the inbox
+  stream, and the applied-index/state/outbox cache. Every call names the owner epoch; a call from
+  an older epoch, or for a task this store no longer knows (Redis lost its data), raises
+  :class:`NotOwner` and the instance must stop: Redis losing state is a node loss for the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Fenced(Exception):
+    """A conditional append was refused: a newer instance of the writer recorded a higher epoch."""
+
+
+class NotOwner(Exception):
+    """The inbox store is owned by a newer instance of the task, or lost the task's data."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One accepted batch in a task's inbox stream (Redis: a stream entry id and its fields)."""
+
+    id: str
+    channel: int
+    seq: int
+    payload: bytes
+    end: bool
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one commit changes in the Redis cache, applied in one atomic step (MULTI / Lua) after the
+    commit record is in the log: the applied log index, the state changes, the outbox additions and
+    trims, and the XACK of the inbox entries the record consumed."""
+
+    index: int
+    acks: list[str] = field(default_factory=list)
+    state: list[tuple[int, list[tuple[Any, Any]]]] = field(default_factory=list)
+    outbox: list[tuple[int, int, bytes, bool]] = field(default_factory=list)   # (partition, seq, payload, end)
+    trims: dict[int, int] = field(default_factory=dict)                       # partition -> receiver committed
+
+
+class LogStore(Protocol):
+    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
+        """Append one entry (creating the file if needed); its index. Raises Fenced."""
+        ...
+
+    def entries(self, name: str) -> list[tuple[int, bytes]]:
+        """All acknowledged entries as (index, data); [] for a missing file."""
+        ...
+
+
+class InboxStore(Protocol):
+    def open(self, task: str, epoch: int, marks: Mapping[int, int]) -> dict[int, int]:
+        """Take the task's inbox at ``epoch`` (refuse an older epoch: NotOwner). ``marks`` are the
+        committed marks from the log: every channel's accepted mark becomes at least its committed
+        mark, entries at or below it are dropped, surviving entries above it are kept (re-read first).
+        Returns the accepted marks."""
+        ...
+
+    def accept(self, task: str, epoch: int, channel: int, seq: int, payload: bytes, end: bool, floor: int) -> int:
+        """Atomically: ``accepted = max(accepted, floor)``; if ``seq == accepted + 1`` add the entry and
+        advance. Returns the accepted mark (unchanged for a duplicate or a gap)."""
+        ...
+
+    def read(self, task: str, epoch: int, limit: int) -> list[InboxEntry]:
+        """Up to ``limit`` entries not yet read by this owner, oldest first (after ``open``: the pending
+        ones first, like XREADGROUP from id 0 then ``>``)."""
+        ...
+
+    def apply(self, task: str, epoch: int, update: Applied) -> None:
+        """Apply one commit's cache changes and ack its entries, atomically."""
+        ...
+
+
+class AsyncLogStore(Protocol):
+    async def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int: ...
+
+    async def entries(self, name: str) -> list[tuple[int, bytes]]: ...
+
+
+class AsyncInboxStore(Protocol):
+    async def open(self, task: str, epoch: int, marks: Mapping[int, int]) -> dict[int, int]: ...
+
+    async def accept(self, task: str, epoch: int, channel: int, seq: int, payload: bytes, end: bool,
+                     floor: int) -> int: ...
+
+    async def read(self, task: str, epoch: int, limit: int) -> list[InboxEntry]: ...
+
+    async def apply(self, task: str, epoch: int, update: Applied) -> None: ...
+
+
+class SourceReader(Protocol):
+    def lines(self, name: str, start: int, stride: int, limit: int) -> tuple[list[str], bool]:
+        """Lines ``start, start + stride, ...`` (1-based line numbers), at most ``limit``; and whether
+        the file has no line beyond the last one returned at this stride (end of input)."""
+        ...
+
+
+# --------------------------------------------------------------------------- in-memory implementations
+
+
+@dataclass
+class MemFile:
+    entries: list[tuple[int, bytes]] = field(default_factory=list)
+    dedup: dict[tuple[str, int], int] = field(default_factory=dict)
+    fences: dict[str, int] = field(default_factory=dict)
+    epochs: list[tuple[str, int]] = field(default_factory=list)   # (fence, epoch) per entry, for checks
+
+
+class MemoryLogStore:
+    """HyDFS files as the stream layer sees them: idempotent, fenced appends; whole-file reads."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, MemFile] = {}
+        self.fenced = 0
+
+    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
+        f = self.files.setdefault(name, MemFile())
+        idx = f.dedup.get((client, seq))
+        if idx is not None:
+            return idx
+        if epoch < f.fences.get(fence, -1):
+            self.fenced += 1
+            raise Fenced(f"{name}: epoch {epoch} < {f.fences[fence]} recorded for {fence}")
+        f.fences[fence] = epoch
+        idx = len(f.entries) + 1
+        f.entries.append((idx, bytes(data)))
+        f.dedup[(client, seq)] = idx
+        f.epochs.append((fence, epoch))
+        return idx
+
+    def entries(self, name: str) -> list[tuple[int, bytes]]:
+        f = self.files.get(name)
+        return list(f.entries) if f else []
+
+    def data(self, name: str) -> bytes:
+        return b"".join(d for _, d in self.entries(name))
+
+
+@dataclass
+class _TaskInbox:
+    owner: int
+    accepted: dict[int, int] = field(default_factory=dict)
+    entries: list[InboxEntry] = field(default_factory=list)   # accepted, not acked
+    cursor: int = 0                                           # entries[:cursor] were read by the owner
+    applied: int = 0
+    state: dict[tuple[int, Any], Any] = field(default_factory=dict)
+    outbox: dict[int, dict[int, tuple[bytes, bool]]] = field(default_factory=dict)
+    next_id: int = 0
+
+
+class MemoryInboxStore:
+    """One node's Redis for the stream layer. ``lose()`` is Redis restarting without its data."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, _TaskInbox] = {}
+        self.history: list[tuple[str, int, int, bytes]] = []   # every accepted (task, channel, seq, payload)
+
+    def lose(self) -> None:
+        self.tasks.clear()
+
+    def snapshot(self) -> dict[str, _TaskInbox]:
+        """A copy of the data as it is now (what an AOF fsynced now would bring back)."""
+        return {k: _TaskInbox(t.owner, dict(t.accepted), list(t.entries), t.cursor, t.applied, dict(t.state),
+                              {p: dict(b) for p, b in t.outbox.items()}, t.next_id) for k, t in self.tasks.items()}
+
+    def restore(self, snap: dict[str, _TaskInbox]) -> None:
+        """Redis restarted from an older AOF: the last writes are gone (``history`` is not data: kept).
+        Entry ids keep growing, as Redis stream ids would with the clock."""
+        ids = {k: t.next_id for k, t in self.tasks.items()}
+        self.tasks = self.snapshot_of(snap)
+        for k, t in self.tasks.items():
+            t.next_id = max(t.next_id, ids.get(k, 0))
+
+    @staticmethod
+    def snapshot_of(snap: dict[str, _TaskInbox]) -> dict[str, _TaskInbox]:
+        m = MemoryInboxStore()
+        m.tasks = snap
+        return m.snapshot()
+
+    def _own(self, task: str, epoch: int) -> _TaskInbox:
+        t = self.tasks.get(task)
+        if t is None or t.owner != epoch:
+            raise NotOwner(f"{task}: inbox not held at epoch {epoch}")
+        return t
+
+    def open(self, task: str, epoch: int, marks: Mapping[int, int]) -> dict[int, int]:
+        t = self.tasks.get(task)
+        if t is not None and t.owner > epoch:
+            raise NotOwner(f"{task}: inbox held at epoch {t.owner} > {epoch}")
+        if t is None:
+            t = self.tasks[task] = _TaskInbox(epoch)
+        t.owner = epoch
+        for c, m in marks.items():
+            t.accepted[c] = max(t.accepted.get(c, 0), m)
+        t.entries = [e for e in t.entries if e.seq > marks.get(e.channel, 0)]
+        t.cursor = 0
+        return dict(t.accepted)
+
+    def accept(self, task: str, epoch: int, channel: int, seq: int, payload: bytes, end: bool, floor: int) -> int:
+        t = self._own(task, epoch)
+        acc = max(t.accepted.get(channel, 0), floor)
+        if seq == acc + 1:
+            t.next_id += 1
+            t.entries.append(InboxEntry(f"{t.next_id}-0", channel, seq, payload, end))
+            acc = seq
+            self.history.append((task, channel, seq, payload))
+        t.accepted[channel] = acc
+        return acc
+
+    def read(self, task: str, epoch: int, limit: int) -> list[InboxEntry]:
+        t = self._own(task, epoch)
+        out = t.entries[t.cursor:t.cursor + limit]
+        t.cursor += len(out)
+        return out
+
+    def apply(self, task: str, epoch: int, update: Applied) -> None:
+        t = self._own(task, epoch)
+        if update.acks:
+            gone = set(update.acks)
+            read_gone = sum(1 for e in t.entries[:t.cursor] if e.id in gone)
+            t.entries = [e for e in t.entries if e.id not in gone]
+            t.cursor -= read_gone
+        t.applied = max(t.applied, update.index)
+        for stage, changes in update.state:
+            for g, v in changes:
+                t.state[(stage, g)] = v
+        for part, seq, payload, end in update.outbox:
+            t.outbox.setdefault(part, {})[seq] = (payload, end)
+        for part, committed in update.trims.items():
+            box = t.outbox.get(part, {})
+            for s in [s for s in box if s <= committed]:
+                del box[s]
+
+
+class MemorySource:
+    """Source files held in memory (as the worker will hold a fetched HyDFS file, split into lines)."""
+
+    def __init__(self, files: Mapping[str, list[str]] | None = None) -> None:
+        self.files: dict[str, list[str]] = dict(files or {})
+
+    def lines(self, name: str, start: int, stride: int, limit: int) -> tuple[list[str], bool]:
+        rows = self.files[name]
+        stop = min(len(rows), start - 1 + stride * limit)
+        out = rows[start - 1:stop:stride]
+        return out, start + stride * len(out) > len(rows)

@@ -1,0 +1,681 @@
+"""The per-task state machine: fence, rebuild, open, then process -> commit -> apply -> deliver.
+
+Sans-IO: a :class:`Task` never touches a store or a socket. It emits *effects* (``take_effects()``):
+log appends and reads (HyDFS), inbox operations (the node's Redis), source reads, publishes, and
+messages to other tasks. The driver performs each one and reports the outcome with the matching
+``on_*`` method (:func:`execute` + :func:`complete` do both for synchronous stores; the asyncio worker
+does the same with awaits). Time comes in through ``tick(now)`` and ``on_message(msg, now)``.
+
+Life of an instance (task = physical stage s, partition p; the leader gives each instance an epoch):
+
+1. FENCING: append ``FenceRecord(epoch)`` to the task log, conditional on the epoch. From then on no
+   older instance can append to the log (HyDFS checks the fence with the append, in log order).
+2. REBUILDING: read the whole log (the snapshot hook: a SNAPSHOT record would let this start later)
+   and replay every commit record: channel marks, source offset, aggregate state, outbox (outputs
+   above the receivers' logged committed marks), unpublished sink/dead-letter lines.
+3. OPENING: take the inbox at this epoch with the committed marks (accepted := max(accepted, committed)).
+4. RUNNING, three lanes:
+   - main: read a batch (inbox entries or source lines) -> run the fused operators -> append ONE
+     commit record (the commit point) -> on success apply it in memory (marks, outputs into the
+     outbox with their sequence numbers) -> next batch. One commit in flight, so the log is in order.
+   - apply: the Redis cache step for each commit (applied index, state, outbox, XACK), in order.
+   - publish: sink lines / dead letters of each commit to the destination / dead-letter file, keyed
+     (task, log index) for idempotency and conditional on the epoch; the next commit logs ``pub``.
+   Deliveries of committed batches flow as receivers answer; every delivery is answered with
+   (epoch, accepted, committed).
+
+Why it is exactly-once (per channel; the source offset and the publish keys are the same argument):
+the producer's log fixes seq -> payload (seqs are assigned at commit, contiguously, and a new instance
+continues from its log; a zombie cannot commit after the fence, so it can only ever send batches that
+are in the log). The receiver's inbox for a channel holds exactly seqs committed+1..accepted (accept
+only accepted+1; open drops what is committed), and each commit record consumes a contiguous run
+after the committed mark and logs the new mark. So every batch is consumed by exactly one commit
+record of the receiver's log, and a rebuilt receiver continues from the mark in its log. Outputs are
+never recomputed after a failure: the outbox is rebuilt from the log, so re-sent batches (and an
+AggregateByKey's running values in them) are byte-identical.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rainstorm.stream.chain import BatchResult, Chain, dead_lines
+from rainstorm.stream.channels import Answer, Deliver, Message, OutChannel, Query
+from rainstorm.stream.plan import Plan, TaskRef
+from rainstorm.stream.records import (
+    EMPTY_BATCH,
+    CommitRecord,
+    FenceRecord,
+    Output,
+    RecordError,
+    decode_batch,
+    decode_record,
+    encode_record,
+)
+from rainstorm.stream.stores import Applied, Fenced, InboxEntry, InboxStore, LogStore, NotOwner, SourceReader
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    batch_lines: int = 4096      # source lines per read (one commit)
+    batch_entries: int = 64      # inbox entries (batches) per read (one commit)
+    window: int = 16             # batches sent past a receiver's committed mark
+    max_outbox: int = 64         # unconfirmed batches on a channel before the task stops reading
+    max_queue: int = 2           # commits waiting to be applied / published before it stops reading
+    resend: float = 0.5          # seconds without progress before re-sending / re-asking
+    rate: float | None = None    # source lines per second per source task (None: unlimited)
+
+
+# --------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class AppendLog:
+    op: int
+    name: str
+    data: bytes
+    fence: str
+    epoch: int
+    client: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLog:
+    op: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenInbox:
+    op: int
+    task: str
+    epoch: int
+    marks: dict[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadInbox:
+    op: int
+    task: str
+    epoch: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    op: int
+    task: str
+    epoch: int
+    channel: int
+    seq: int
+    payload: bytes
+    end: bool
+    floor: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyInbox:
+    op: int
+    task: str
+    epoch: int
+    update: Applied
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSource:
+    op: int
+    name: str
+    start: int
+    stride: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Append logged lines to the destination or dead-letter file (a LogStore append)."""
+
+    op: int
+    name: str
+    data: bytes
+    fence: str
+    epoch: int
+    client: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A message for the current instance of task ``dest`` (fire and forget; loss is tolerated)."""
+
+    dest: TaskRef
+    msg: Message
+
+
+Effect = AppendLog | ReadLog | OpenInbox | ReadInbox | Accept | ApplyInbox | ReadSource | Publish | Send
+
+
+class Phase(enum.Enum):
+    NEW = "new"
+    FENCING = "fencing"
+    REBUILDING = "rebuilding"
+    OPENING = "opening"
+    RUNNING = "running"
+    DEAD = "dead"
+
+
+# --------------------------------------------------------------------------- the task
+
+
+class Task:
+    """One task instance (physical stage, partition) at one epoch.
+
+    Driver contract: call ``start(now)``; then repeatedly take ``take_effects()``, perform each (Send:
+    route to the task's current instance; others: on the stores, see :func:`execute`) and report its
+    outcome with the matching ``on_*`` method (:func:`complete`); feed other tasks' messages to
+    ``on_message`` and call ``tick(now)`` every few hundred ms. An effect whose outcome is unknown (a
+    timeout) must be retried as is (same idempotency key) until it succeeds or fails for good, never
+    dropped. ``phase is Phase.DEAD`` (``why`` says why) means: stop this instance; the leader starts
+    the next epoch. ``done`` means the task has nothing left to do for this job.
+    """
+
+    def __init__(self, plan: Plan, ref: TaskRef, epoch: int, config: TaskConfig | None = None) -> None:
+        self.plan, self.ref, self.epoch = plan, ref, epoch
+        self.cfg = config or TaskConfig()
+        self.stage, self.part = ref
+        if not (0 <= self.stage < len(plan.phys) and 0 <= self.part < plan.phys[self.stage].tasks):
+            raise ValueError(f"no task {ref} in this plan")
+        self.name = plan.task_name(ref)
+        self.log = plan.log_name(ref)
+        self.client = f"{self.name}#{epoch}"      # log appends' idempotency key: (client, seq)
+        self.is_source = self.stage == 0
+        self.is_sink = plan.is_sink(self.stage)
+        self.chain = Chain(plan, self.stage)
+        self.phase = Phase.NEW
+        self.why = ""                               # why it stopped (DEAD)
+        self.now = 0.0
+        self.stats: Counter[str] = Counter()
+        n_in = 0 if self.is_source else plan.phys[self.stage - 1].tasks
+        # receiver side, per input channel (= producer partition)
+        self.committed = [0] * n_in
+        self.ended = [False] * n_in
+        self.accepted = [0] * n_in
+        self.producer_epoch = [-1] * n_in
+        # producer side
+        self.out = [OutChannel(q) for q in range(self.chain.parts)]
+        self._acks_logged = [0] * self.chain.parts
+        # source
+        self.stride = plan.phys[0].tasks
+        self.next_line = self.part + 1
+        self.eof = False
+        self._tokens = float(self.cfg.batch_lines)
+        self._refill_at = -math.inf
+        # log / lanes
+        self.applied = 0                            # last log index applied in memory
+        self.pub = 0                                # highest log index whose lines are published
+        self._main = "idle"                         # idle | reading | committing
+        self._commit: tuple[int, CommitRecord, list[str]] | None = None
+        self._apply_q: deque[Applied] = deque()
+        self._apply_op: int | None = None
+        self._pub_q: deque[tuple[int, bytes, bytes]] = deque()
+        self._pub_ops: set[int] = set()
+        self._ops: dict[int, tuple[str, int]] = {}  # op id -> (kind, detail)
+        self._next_op = 0
+        self._log_seq = 0
+        self._effects: list[Effect] = []
+
+    # ------------------------------------------------------------------ driver interface
+
+    def take_effects(self) -> list[Effect]:
+        out, self._effects = self._effects, []
+        return out
+
+    @property
+    def alive(self) -> bool:
+        return self.phase is not Phase.DEAD
+
+    @property
+    def finished(self) -> bool:
+        """All input consumed and committed (source: end of file; others: every channel ended)."""
+        return self.eof if self.is_source else all(self.ended)
+
+    @property
+    def done(self) -> bool:
+        """Finished, every output committed by its receiver, every line published: nothing left to do."""
+        return (self.phase is Phase.RUNNING and self.finished and self._main == "idle" and self._commit is None
+                and not self._apply_q and self._apply_op is None and not self._pub_q and not self._pub_ops
+                and all(ch.ended and not ch.pending() for ch in self.out))
+
+    def start(self, now: float = 0.0) -> None:
+        """Step 1: the fence record, conditional on our epoch."""
+        assert self.phase is Phase.NEW
+        self.now = now
+        self.phase = Phase.FENCING
+        self._append(encode_record(FenceRecord(self.epoch)), "fence")
+
+    def tick(self, now: float) -> None:
+        self.now = now
+        if self.phase is not Phase.RUNNING:
+            return
+        for ch in self.out:
+            if ch.peer_epoch < 0:
+                self._pump(ch)
+            elif ch.stalled(now, self.cfg.resend) and not self._pump(ch):
+                self._query(ch)  # everything sent is accepted but not committed: refresh the marks
+        self._kick()
+
+    def on_message(self, msg: Message, now: float) -> None:
+        self.now = now
+        if self.phase is not Phase.RUNNING:
+            self.stats["msg_not_ready"] += 1  # not answered: the sender asks again
+            return
+        if isinstance(msg, Deliver):
+            self._on_deliver(msg)
+        elif isinstance(msg, Answer):
+            self._on_answer(msg)
+        else:
+            self._on_query(msg)
+
+    # completions ---------------------------------------------------------
+
+    def on_failed(self, op: int, why: str) -> None:
+        """An effect failed in a way that ends this instance: fenced (replaced), inbox not owned / lost."""
+        if self._ops.pop(op, None) is not None and self.alive:
+            self._die(why)
+
+    def on_log_appended(self, op: int, index: int) -> None:
+        kind = self._done(op)
+        if kind == "fence":
+            self.phase = Phase.REBUILDING
+            self._emit(ReadLog(self._op("readlog"), self.log))
+        elif kind == "commit":
+            self._committed(index)
+
+    def on_log_read(self, op: int, entries: list[tuple[int, bytes]]) -> None:
+        if self._done(op) != "readlog":
+            return
+        try:
+            self._rebuild(entries)
+        except (RecordError, ValueError, IndexError, KeyError) as exc:
+            self._die(f"log {self.log} does not replay: {exc}")
+            return
+        if self.alive:
+            self.phase = Phase.OPENING
+            marks = {c: m for c, m in enumerate(self.committed)}
+            self._emit(OpenInbox(self._op("open"), self.name, self.epoch, marks))
+
+    def on_inbox_opened(self, op: int, accepted: Mapping[int, int]) -> None:
+        if self._done(op) != "open":
+            return
+        for c in range(len(self.accepted)):
+            self.accepted[c] = max(accepted.get(c, 0), self.committed[c])
+        self.phase = Phase.RUNNING
+        for ch in self.out:
+            self._pump(ch)
+        self._pump_publish()
+        self._kick()
+
+    def on_source_read(self, op: int, lines: list[str], eof: bool) -> None:
+        if self._done(op) != "source":
+            return
+        start, stride, src = self.next_line, self.stride, self.plan.src
+        if not lines and not eof:
+            self._main = "idle"   # nothing yet: try again on a later tick
+            return
+        self._tokens -= len(lines)
+        ids = [f"{src}:{n}" for n in range(start, start + stride * len(lines), stride)]
+        batch = list(zip(ids, ids, lines, strict=True))   # the source key is the id, the value the line
+        res = self.chain.run(batch)
+        self._commit_batch(res, [], (start + stride * len(lines), eof), [], eof)
+
+    def on_inbox_read(self, op: int, entries: list[InboxEntry]) -> None:
+        if self._done(op) != "inbox":
+            return
+        if not entries:
+            self._main = "idle"
+            return
+        acks: list[str] = []
+        marks: dict[int, int] = {}
+        ends: set[int] = set()
+        batch: list[Any] = []
+        bad: list[Any] = []
+        for e in entries:
+            acks.append(e.id)
+            c = e.channel
+            expect = marks.get(c, self.committed[c])
+            if e.seq <= expect:
+                self.stats["stale_entries"] += 1   # committed before a crash, not acked yet
+                continue
+            if e.seq != expect + 1:
+                self._die(f"inbox gap on channel {c}: seq {e.seq} after {expect}")
+                return
+            marks[c] = e.seq
+            if e.end:
+                ends.add(c)
+            try:
+                batch.extend(decode_batch(e.payload))
+            except RecordError as exc:
+                self.stats["bad_batches"] += 1   # cannot come from a producer's log; kept visible, not fatal
+                bad.append((f"channel {c} seq {e.seq}", self.chain.ops[0][0] if self.chain.ops else -1,
+                            None, None, f"malformed batch: {exc}"))
+        if not marks:
+            self._apply_q.append(Applied(self.applied, acks))
+            self._pump_apply()
+            self._main = "idle"
+            self._kick()
+            return
+        res = self.chain.run(batch)
+        res.dead.extend(bad)
+        inputs = [(c, m, c in ends) for c, m in sorted(marks.items())]
+        all_ended = all(self.ended[c] or c in ends for c in range(len(self.ended)))
+        self._commit_batch(res, inputs, None, acks, all_ended)
+
+    def on_accepted(self, op: int, accepted: int) -> None:
+        c = self._ops.get(op, ("", -1))[1]
+        if self._done(op) != "accept":
+            return
+        self.accepted[c] = accepted    # the store's word, even if lower than before (a rolled-back Redis)
+        self._answer(c)
+        self._kick()
+
+    def on_applied(self, op: int) -> None:
+        if self._done(op) != "apply":
+            return
+        self._apply_op = None
+        self._pump_apply()
+        self._kick()
+
+    def on_published(self, op: int, index: int) -> None:
+        if self._done(op) != "publish":
+            return
+        self._pub_ops.discard(op)
+        if not self._pub_ops:
+            self.pub = self._pub_q.popleft()[0]
+            self._pump_publish()
+            self._kick()
+
+    # ------------------------------------------------------------------ internals: bookkeeping
+
+    def _op(self, kind: str, detail: int = 0) -> int:
+        self._next_op += 1
+        self._ops[self._next_op] = (kind, detail)
+        return self._next_op
+
+    def _done(self, op: int) -> str:
+        """The kind of a finished op, or '' if unknown or this instance is dead."""
+        kind = self._ops.pop(op, ("", 0))[0]
+        return kind if self.alive else ""
+
+    def _emit(self, eff: Effect) -> None:
+        self._effects.append(eff)
+
+    def _die(self, why: str) -> None:
+        self.phase = Phase.DEAD
+        self.why = why
+        self._effects.clear()
+        self._ops.clear()
+
+    def _append(self, data: bytes, kind: str) -> int:
+        self._log_seq += 1
+        op = self._op(kind)
+        self._emit(AppendLog(op, self.log, data, self.name, self.epoch, self.client, self._log_seq))
+        return op
+
+    # ------------------------------------------------------------------ rebuild
+
+    def _rebuild(self, entries: list[tuple[int, bytes]]) -> None:
+        fence = -1
+        for index, data in entries:
+            rec = decode_record(data)
+            if isinstance(rec, FenceRecord):
+                if rec.epoch > self.epoch:
+                    self._die(f"replaced by epoch {rec.epoch}")
+                    return
+                fence = max(fence, rec.epoch)
+                continue
+            if rec.epoch < fence:
+                self.stats["stale_records"] += 1   # a lower epoch after a fence: HyDFS must never allow it
+                continue
+            self._apply_record(index, rec, live=False)
+        if fence != self.epoch:
+            self._die(f"own fence (epoch {self.epoch}) missing from the log read")
+            return
+        self._pub_q = deque(x for x in self._pub_q if x[0] > self.pub)
+        self.stats["rebuilt_records"] = len(entries)
+
+    def _apply_record(self, index: int, rec: CommitRecord, live: bool) -> None:
+        """What a committed record means for the in-memory task: the SAME code for the live commit and
+        the replay, so a rebuilt instance is the instance that crashed."""
+        for c, mark, end in rec.inputs:
+            if mark < self.committed[c]:
+                raise ValueError(f"record {index}: channel {c} mark goes back ({mark} < {self.committed[c]})")
+            self.committed[c] = mark
+            self.ended[c] = self.ended[c] or end
+        if rec.source is not None:
+            self.next_line, self.eof = rec.source
+        for q, seq, payload, end in rec.outputs:
+            self.out[q].add(seq, payload, end)
+        if not live:
+            for q, mark in rec.acks:
+                self.out[q].trim(mark)
+                self._acks_logged[q] = max(self._acks_logged[q], mark)
+            for stage, changes in rec.state:
+                st = self.chain.state[stage]
+                for g, v in changes:
+                    st[g] = v
+            self.pub = max(self.pub, rec.pub)
+        if (rec.sink or rec.dead) and index > self.pub:
+            self._pub_q.append((index, rec.sink, rec.dead))
+        self.applied = index
+
+    # ------------------------------------------------------------------ main lane
+
+    def _blocked(self) -> bool:
+        if len(self._apply_q) >= self.cfg.max_queue or len(self._pub_q) >= self.cfg.max_queue:
+            return True
+        return any(len(ch.batches) >= self.cfg.max_outbox for ch in self.out)
+
+    def _kick(self) -> None:
+        if self.phase is not Phase.RUNNING or self._main != "idle" or self.finished or self._blocked():
+            return
+        if self.is_source:
+            limit = self.cfg.batch_lines
+            if self.cfg.rate:
+                if self._refill_at > -math.inf:
+                    self._tokens = min(float(limit), self._tokens + (self.now - self._refill_at) * self.cfg.rate)
+                self._refill_at = self.now
+                limit = min(limit, int(self._tokens))
+                if limit < 1:
+                    return
+            self._main = "reading"
+            self._emit(ReadSource(self._op("source"), self.plan.src, self.next_line, self.stride, limit))
+        else:
+            self._main = "reading"
+            self._emit(ReadInbox(self._op("inbox"), self.name, self.epoch, self.cfg.batch_entries))
+
+    def _commit_batch(self, res: BatchResult, inputs: list[tuple[int, int, bool]], source: tuple[int, bool] | None,
+                      acks: list[str], end: bool) -> None:
+        outputs: list[Output] = []
+        for q, ch in enumerate(self.out):
+            payload = res.outputs.get(q)
+            if payload is not None or end:
+                outputs.append((q, ch.last + 1, EMPTY_BATCH if payload is None else payload, end))
+        ack_marks = []
+        for q, ch in enumerate(self.out):
+            if ch.committed > self._acks_logged[q]:
+                ack_marks.append((q, ch.committed))
+                self._acks_logged[q] = ch.committed
+        rec = CommitRecord(self.epoch, inputs, source, outputs, res.sink, dead_lines(res.dead), res.state,
+                           ack_marks, self.pub)
+        self._commit = (self._append(encode_record(rec), "commit"), rec, acks)
+        self._main = "committing"
+        self.stats["commits"] += 1
+
+    def _committed(self, index: int) -> None:
+        assert self._commit is not None
+        _, rec, acks = self._commit
+        self._commit = None
+        self._apply_record(index, rec, live=True)
+        self._apply_q.append(Applied(index, acks, rec.state, rec.outputs,
+                                     {ch.part: ch.committed for ch in self.out}))
+        self._pump_apply()
+        self._pump_publish()
+        for c, _, _ in rec.inputs:
+            self._answer(c)
+        for q, _, _, _ in rec.outputs:
+            self._pump(self.out[q])
+        self._main = "idle"
+        self._kick()
+
+    # ------------------------------------------------------------------ apply and publish lanes
+
+    def _pump_apply(self) -> None:
+        if self._apply_op is not None or not self._apply_q or self.phase is not Phase.RUNNING:
+            return
+        upd = self._apply_q.popleft()
+        while self._apply_q:   # several waiting commits: one Redis step
+            nxt = self._apply_q.popleft()
+            upd = Applied(max(upd.index, nxt.index), upd.acks + nxt.acks, upd.state + nxt.state,
+                          upd.outbox + nxt.outbox, {**upd.trims, **nxt.trims})
+        self._apply_op = self._op("apply")
+        self._emit(ApplyInbox(self._apply_op, self.name, self.epoch, upd))
+
+    def _pump_publish(self) -> None:
+        if self._pub_ops or not self._pub_q or self.phase is not Phase.RUNNING:
+            return
+        index, sink, dead = self._pub_q[0]
+        for name, data, kind in ((self.plan.dest, sink, "out"), (self.plan.deadletters, dead, "dead")):
+            if data:
+                op = self._op("publish")
+                self._pub_ops.add(op)
+                self._emit(Publish(op, name, data, self.name, self.epoch, f"{self.name}:{kind}", index))
+
+    # ------------------------------------------------------------------ channels
+
+    def _producer(self, c: int) -> TaskRef:
+        return (self.stage - 1, c)
+
+    def _answer(self, c: int, sure: bool = False) -> None:
+        """Our marks for channel ``c``. ``sure``: report only what the log vouches for (accepted =
+        committed), so a producer that asks after a stall re-sends past the committed mark and the
+        store itself answers the duplicates: the in-memory accepted mark may be ahead of a Redis that
+        restarted from an older AOF."""
+        acc = self.committed[c] if sure else max(self.accepted[c], self.committed[c])
+        self._emit(Send(self._producer(c), Answer(self.ref, self._producer(c), self.epoch, acc, self.committed[c])))
+
+    def _valid_from_producer(self, src: TaskRef, dst: TaskRef) -> bool:
+        ok = dst == self.ref and src[0] == self.stage - 1 and src[1] < len(self.committed)
+        if not ok:
+            self.stats["misrouted"] += 1
+        return ok
+
+    def _on_deliver(self, m: Deliver) -> None:
+        if not self._valid_from_producer(m.src, m.dst):
+            return
+        c = m.src[1]
+        if m.epoch < self.producer_epoch[c]:
+            self.stats["stale_producer"] += 1   # a replaced producer instance: rejected
+            self._answer(c)
+            return
+        self.producer_epoch[c] = m.epoch
+        if m.seq <= self.committed[c]:
+            # committed (that is in our log): a duplicate for sure. Between committed and accepted the
+            # store decides: after a Redis rollback it may no longer hold what we last heard it accept.
+            self.stats["duplicates"] += 1
+            self._answer(c)
+            return
+        self._emit(Accept(self._op("accept", c), self.name, self.epoch, c, m.seq, m.payload, m.end, self.committed[c]))
+
+    def _on_query(self, m: Query) -> None:
+        if not self._valid_from_producer(m.src, m.dst):
+            return
+        c = m.src[1]
+        if m.epoch >= self.producer_epoch[c]:
+            self.producer_epoch[c] = m.epoch
+            self._answer(c, sure=True)
+
+    def _on_answer(self, m: Answer) -> None:
+        if m.dst != self.ref or m.src[0] != self.stage + 1 or m.src[1] >= len(self.out):
+            self.stats["misrouted"] += 1
+            return
+        ch = self.out[m.src[1]]
+        if ch.on_answer(m.epoch, m.accepted, m.committed, self.now):
+            self._pump(ch)
+            self._kick()
+
+    def _query(self, ch: OutChannel) -> None:
+        ch.asked_at = self.now
+        dest = (self.stage + 1, ch.part)
+        self._emit(Send(dest, Query(self.ref, dest, self.epoch)))
+
+    def _pump(self, ch: OutChannel) -> bool:
+        """Send what the window allows; Query a receiver we have not heard from. True if data went out."""
+        if self.phase is not Phase.RUNNING:
+            return False
+        if ch.peer_epoch < 0:
+            if ch.pending() and self.now - ch.asked_at >= self.cfg.resend:
+                self._query(ch)
+            return False
+        dest = (self.stage + 1, ch.part)
+        sent = False
+        for seq, payload, end in ch.take_window(self.cfg.window):
+            self._emit(Send(dest, Deliver(self.ref, dest, self.epoch, seq, payload, end)))
+            sent = True
+        return sent
+
+
+# --------------------------------------------------------------------------- running effects on sync stores
+
+
+def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader) -> Any:
+    """Perform one effect (not Send) on synchronous stores; the result, or the Fenced / NotOwner raised."""
+    try:
+        if isinstance(eff, AppendLog | Publish):
+            return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq)
+        if isinstance(eff, ReadLog):
+            return logs.entries(eff.name)
+        if isinstance(eff, OpenInbox):
+            return inbox.open(eff.task, eff.epoch, eff.marks)
+        if isinstance(eff, ReadInbox):
+            return inbox.read(eff.task, eff.epoch, eff.limit)
+        if isinstance(eff, Accept):
+            return inbox.accept(eff.task, eff.epoch, eff.channel, eff.seq, eff.payload, eff.end, eff.floor)
+        if isinstance(eff, ApplyInbox):
+            inbox.apply(eff.task, eff.epoch, eff.update)
+            return None
+        if isinstance(eff, ReadSource):
+            return source.lines(eff.name, eff.start, eff.stride, eff.limit)
+    except (Fenced, NotOwner) as exc:
+        return exc
+    raise TypeError(f"not a store effect: {eff!r}")
+
+
+def complete(task: Task, eff: Effect, result: Any) -> None:
+    """Report an effect's outcome (from :func:`execute` or an async twin) to the task."""
+    if isinstance(eff, Send):
+        raise TypeError("a Send has no outcome")
+    if isinstance(result, Fenced):
+        task.on_failed(eff.op, f"fenced: {result}")
+    elif isinstance(result, NotOwner):
+        task.on_failed(eff.op, f"inbox lost: {result}")
+    elif isinstance(eff, AppendLog):
+        task.on_log_appended(eff.op, result)
+    elif isinstance(eff, Publish):
+        task.on_published(eff.op, result)
+    elif isinstance(eff, ReadLog):
+        task.on_log_read(eff.op, result)
+    elif isinstance(eff, OpenInbox):
+        task.on_inbox_opened(eff.op, result)
+    elif isinstance(eff, ReadInbox):
+        task.on_inbox_read(eff.op, result)
+    elif isinstance(eff, Accept):
+        task.on_accepted(eff.op, result)
+    elif isinstance(eff, ApplyInbox):
+        task.on_applied(eff.op)
+    elif isinstance(eff, ReadSource):
+        task.on_source_read(eff.op, result[0], result[1])
