@@ -371,9 +371,11 @@ def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None
     async def body(rpc: Any) -> Any:
         client = Client(rpc, target.addresses)
         try:
-            await client.ls(src)
+            exists = bool((await client.ls(src)).get("commit"))  # a file holds at least its create entry
         except HydfsError as exc:
-            raise UserError(f"unknown source file: {src} ({exc})" if exc.code == "not_found" else str(exc)) from None
+            raise UserError(str(exc)) from None
+        if not exists:
+            raise UserError(f"unknown source file: {src} (not in HyDFS; `rainstorm dfs create LOCAL {src}`)")
         await client.create(stored, text)
         return await _leader(rpc, target.addresses, "leader.submit", {"name": job, "spec": spec, "tasks": names})
 
@@ -480,6 +482,69 @@ def deadletters(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as
         for x in lines:
             out.print(json.dumps(x), highlight=False)
         out.print(f"{len(lines)} dead letters", style="dim")
+
+
+@app.command("demo")
+def demo(directory: DirOpt = DEFAULT_DIR, rows: Annotated[int, typer.Option("--rows", help="Synthetic rows.")] = 30_000,
+         tasks: Annotated[int, typer.Option("--tasks", help="Tasks per stage.")] = 3) -> None:
+    """A local cluster (started if none runs), a synthetic sign inventory in HyDFS, the two classic jobs."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from rainstorm import demo as sample
+
+    if local.read_cluster(directory) is None:
+        with out.status("starting a 5-node local cluster..."):
+            local.up(directory, 5, configmod.load(None))
+        out.print(f"cluster up (data and logs in {directory}/)")
+    work = directory / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    data = sample.sign_rows(rows)
+    csv = work / "signs.csv"
+    csv.write_text("\n".join(data) + "\n")
+    (work / "filter_stop.py").write_text(sample.FILTER_JOB)
+    (work / "count_telespar.py").write_text(sample.COUNT_JOB)
+    stamp = time.strftime("%H%M%S")
+    src = f"demo/signs-{stamp}.csv"
+    _dfs(None, directory, lambda c: c.create(src, csv.read_bytes()))
+    out.print(f"wrote {len(data)} synthetic sign rows to HyDFS as {src}")
+    jobs_run = [("filter_stop", {"pattern": "Stop"}), ("count_telespar", {"pattern": "Punched Telespar"})]
+    names = []
+    for job, args in jobs_run:
+        name = f"{job}-{stamp}"
+        submit_job(work / f"{job}.py", src, f"demo/{name}.out", tasks, name, args, None, None, directory)
+        names.append(name)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), console=out) as bar:
+        ids = {n: bar.add_task(n, total=len(data)) for n in names}
+        while True:
+            state = {j["name"]: j for j in _job_rows(None, directory) if j["name"] in ids}
+            for n, j in state.items():
+                read = sum(t["processed"] for t in j["tasks"] if t["stage"] == 0)
+                bar.update(ids[n], completed=len(data) if j["state"] == "finished" else min(read, len(data)))
+            if all(j["state"] != "running" for j in state.values()):
+                break
+            time.sleep(0.3)
+    for n in names:
+        if state[n]["state"] != "finished":
+            raise UserError(f"{n} {state[n]['state']}: {state[n].get('error')}")
+    filtered = _dfs(None, directory, lambda c: c.get(f"demo/{names[0]}.out")).decode().splitlines()
+    pairs = sorted((json.loads(x) for x in filtered), key=lambda p: int(p[0].rsplit(":", 1)[1]))
+    _table(f"{names[0]}: lines with 'Stop' -> (post type, category), first 8 of {len(pairs)}",
+           [{"id": k, "post type, category": v} for k, v in pairs[:8]], ["id", "post type, category"])
+    counts: dict[str, int] = {}
+    for x in _dfs(None, directory, lambda c: c.get(f"demo/{names[1]}.out")).decode().splitlines():
+        k, v = json.loads(x)
+        counts[k] = max(counts.get(k, 0), v)
+    _table(f"{names[1]}: signs on 'Punched Telespar' posts per category",
+           [{"category": k, "count": v} for k, v in sorted(counts.items())], ["category", "count"])
+    out.print("\nTry next:")
+    for cmd in [f"rainstorm status {names[1]}", "rainstorm jobs", "rainstorm members",
+                f"rainstorm dfs ls demo/{names[1]}.out", "rainstorm redis-cli node-2 KEYS 'rs:*'",
+                f"rainstorm submit {work}/count_telespar.py --src {src} --dest mine.out --arg pattern=Wood",
+                "rainstorm cluster kill node-3   # then re-run the submit: same results",
+                "rainstorm cluster down"]:
+        out.print(f"  {cmd}", highlight=False)
 
 
 @app.command("redis-cli", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -141,7 +141,9 @@ class Worker:
             if j["state"] != "running":
                 continue
             for tname, (node, epoch) in j["assign"].items():
-                if node == self.node_id and tname not in j["done"]:
+                # a finished instance stays until the whole job ends: its producers still need its
+                # answers (committed marks) to finish themselves
+                if node == self.node_id:
                     _, s, p = tname.rsplit(":", 2)
                     want[(job, (int(s), int(p)))] = int(epoch)
         for key, inst in list(self.instances.items()):
@@ -204,10 +206,10 @@ class Worker:
         try:
             while True:
                 self._dispatch(inst, t.take_effects(), inflight)
-                if t.done:
+                if t.done and not inst.reported:
+                    inst.reported = True
                     await self._report(inst.job, t.name, inst.epoch, "done")
                     log.info("task finished", extra={"task": t.name, "epoch": inst.epoch})
-                    return
                 if not t.alive:
                     lost = "inbox lost" in t.why
                     log.warning("task instance stopped", extra={"task": t.name, "why": t.why})

@@ -213,7 +213,7 @@ class Task:
         self.stride = plan.phys[0].tasks
         self.next_line = self.part + 1
         self.eof = False
-        self._tokens = float(self.cfg.batch_lines)
+        self._tokens = float(min(self.cfg.batch_lines, self.cfg.rate or self.cfg.batch_lines))  # no burst past the rate
         self._refill_at = -math.inf
         # log / lanes
         self.applied = 0                            # last log index applied in memory
@@ -331,6 +331,7 @@ class Task:
         ids = [f"{src}:{n}" for n in range(start, start + stride * len(lines), stride)]
         batch = list(zip(ids, ids, lines, strict=True))   # the source key is the id, the value the line
         res = self.chain.run(batch)
+        self.stats["in_tuples"] += len(batch)
         self._commit_batch(res, [], (start + stride * len(lines), eof), [], eof)
 
     def on_inbox_read(self, op: int, entries: list[InboxEntry]) -> None:
@@ -370,6 +371,7 @@ class Task:
             self._kick()
             return
         res = self.chain.run(batch)
+        self.stats["in_tuples"] += len(batch)
         res.dead.extend(bad)
         inputs = [(c, m, c in ends) for c, m in sorted(marks.items())]
         all_ended = all(self.ended[c] or c in ends for c in range(len(self.ended)))
@@ -512,6 +514,9 @@ class Task:
                 self._acks_logged[q] = ch.committed
         rec = CommitRecord(self.epoch, inputs, source, outputs, res.sink, dead_lines(res.dead), res.state,
                            ack_marks, self.pub)
+        # counters for `rainstorm status` (this instance's work; a replacement starts from 0)
+        self.stats["out_tuples"] += sum(res.counts.values()) + res.sink.count(b"\n")
+        self.stats["dead_letters"] += len(res.dead)
         self._commit = (self._append(encode_record(rec), "commit"), rec, acks)
         self._main = "committing"
         self.stats["commits"] += 1
