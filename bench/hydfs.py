@@ -92,7 +92,7 @@ FULL = Plan(sizes=[KB, 100 * KB, MB, 10 * MB, 20 * MB, 100 * MB], repeats=3,
             appends=1000, clients=[1, 2, 5, 10], append_repeats={4 * KB: 3, 40 * KB: 3}, files=1000,
             file_size=4 * KB, gets=2000, get_repeats=3, mixed_gets=1800, mixed_appends=200, mixed_repeats=3,
             mb_appends=30, merges=50, loaded_sizes=[KB],
-            loaded_repeats=2, loaded_quiet=10.0, loaded_timeout=40.0)
+            loaded_repeats=1, loaded_quiet=0.0, loaded_timeout=40.0)
 QUICK = Plan(sizes=[KB, MB, 4 * MB], repeats=1, primary_sizes=[KB], appends=100, clients=[1, 2, 5, 10],
              append_repeats={4 * KB: 1, 40 * KB: 1}, files=100, file_size=4 * KB, gets=200, get_repeats=1,
              mixed_gets=180, mixed_appends=20, mixed_repeats=1, mb_appends=10, merges=20, loaded_sizes=[KB],
@@ -329,12 +329,27 @@ async def rereplication_trial(b: Bench, size: int, kind: str, victim: str, avoid
            "ok": done is not None, "total": t_done - t0, "detect": first - t0, "transfer": t_done - first,
            "bytes": moved, "detect_primary": by_primary - t0, "transfer_primary": t_done - by_primary,
            "holders": len(holders), "primary_after": primary, "flaps": flaps, "stall": stall}
-    with contextlib.suppress(HydfsError):
-        await cl.rm(name)
+    with contextlib.suppress(HydfsError, asyncio.TimeoutError):
+        await asyncio.wait_for(cl.rm(name), 30)
     await b.drop(cl)
-    await asyncio.to_thread(local.restart, b.dir, victim, 60.0)
-    b.c = local.read_cluster(b.dir) or b.c
     return rec
+
+
+async def restart(b: Bench, victim: str, timeout: float) -> dict[str, Any]:
+    """Restart the killed node; how long until every node sees all alive, the worst node stall meanwhile
+    and the false failure declarations (a live node declared failed) in the logs."""
+    monitor = StallMonitor(b, victim)
+    t0w, t0 = time.time(), time.monotonic()
+    err = ""
+    try:
+        await asyncio.to_thread(local.restart, b.dir, victim, timeout)
+    except Exception as exc:
+        err = f"{type(exc).__name__}: {exc}"
+    took = time.monotonic() - t0
+    stall = await monitor.stop()
+    b.c = local.read_cluster(b.dir) or b.c
+    flaps = sum(1 for _, _, ev, peer in member_events(b.c, t0w) if (ev == "fail") or ev == "self_failed")
+    return {"converged": not err, "seconds": took, "stall": stall, "flaps": flaps, "error": err}
 
 
 async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_sizes: list[int], repeats: int,
@@ -353,6 +368,7 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
         rec["kind"] += tag
         avoid = victim
         out.append(rec)
+        rec["rejoin"] = await restart(b, victim, 60.0 if tag else 20.0)
         if not rec["ok"]:
             say(f"  [1] {k + 1}/{len(trials)} {human(size):>7} kill {kind:7} {victim}: [red]no 3 live replicas "
                 f"within {timeout:g}s[/red] ({rec['flaps']} false failure declarations, worst node stall "
@@ -363,6 +379,13 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
                 f"detected at {rec['detect_primary']:.3f}s) -> {','.join(rec['new'])} ({human(rec['bytes'])} "
                 f"stored, 3 holders: {rec['holders'] == 3}; written in {rec['put_s']:.2f}s; worst node stall "
                 f"{rec['stall'] * 1e3:.0f} ms; {rec['flaps']} false failure declarations)")
+        rj = rec["rejoin"]
+        if tag or not rj["converged"]:
+            say(f"      restart of {victim}: {'converged' if rj['converged'] else '[red]NOT converged[/red]'} after "
+                f"{rj['seconds']:.1f}s, worst node stall {rj['stall']:.2f}s, {rj['flaps']} false failure "
+                "declarations")
+        if not rj["converged"]:
+            raise RuntimeError(f"{victim} restarted but the cluster did not converge: {rj['error']}")
         if quiet:
             await asyncio.sleep(quiet)
 

@@ -147,7 +147,18 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
             if size == 20 * MB and kind == "replica":
                 goals.append(("re-replication transfer of 20 MB <= 2x raw loopback copy", f"{mt:.3f} s",
                               f"{raw * 1e3:.1f} ms", ratio(mt / raw), verdict(mt / raw <= GOAL_REREP)))
-        secs += [s1, s2]
+        s3 = Section("1r", "Experiment 1: restarting the killed node afterwards (it rejoins and takes its files back)",
+                     ["runs", "converged (all nodes see all alive)", "time (s, max)", "worst node stall (s)",
+                      "false failure declarations"],
+                     "The restart waits up to 20 s (60 s for the loaded runs) until every node sees every node alive.")
+        for label, rs in (("clean runs", [r for r in res["1"] if "files" not in r["kind"]]),
+                          ("with the files of experiments 5-7", [r for r in res["1"] if "files" in r["kind"]])):
+            rj = [r["rejoin"] for r in rs if r.get("rejoin")]
+            if rj:
+                s3.add(f"{label}: {len(rj)}", f"{sum(x['converged'] for x in rj)}/{len(rj)}",
+                       f"{max(x['seconds'] for x in rj):.1f}", f"{max(x['stall'] for x in rj):.2f}",
+                       sum(x["flaps"] for x in rj))
+        secs += [s1, s2, s3]
     idle = median(res["b"]["merges"]) if "b" in res else float("nan")
     for key, size in (("3", 4 * KB), ("4", 40 * KB)):
         if key not in res:

@@ -31,9 +31,11 @@ class Leader:
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}  # job -> task -> counters from its node
         self._lock = asyncio.Lock()
         self._moves: asyncio.Task[None] | None = None
+        self._dirty = False
         self.ready = False  # state restored from HyDFS; until then requests are refused
         for name, fn in [("leader.submit", self._submit), ("leader.table", self._table),
-                         ("leader.report", self._report), ("leader.stop", self._stop), ("leader.jobs", self._jobs)]:
+                         ("leader.report", self._report), ("leader.stop", self._stop), ("leader.jobs", self._jobs),
+                         ("leader.hello", self._hello)]:
             rpc.register(name, fn)
 
     async def start(self) -> None:
@@ -55,17 +57,34 @@ class Leader:
             raise RemoteError("the leader is starting (restoring its state from HyDFS); try again shortly")
 
     def _on_member(self, _ev: MemberEvent) -> None:
+        self._dirty = True  # events that arrive while a reassignment persists are handled by its next round
         if self._moves is None or self._moves.done():
             self._moves = asyncio.create_task(self._reassign())
 
     async def _reassign(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            async with self._lock:
+                moved = self.core.on_membership([m.node_id for m in self.membership.alive()])
+                for m in moved:
+                    log.info("task moved", extra={"job": m.job, "task": m.task, "from": m.old, "to": m.new,
+                                                  "epoch": m.epoch})
+                if moved:
+                    await self._persist()
+
+    async def _hello(self, a: dict[str, Any]) -> int:
+        """A worker process started: instances a previous process of that node ran must not be resumed
+        under the same epoch (their log appends' idempotency keys would collide), so they all move on."""
+        self._check_ready()
+        node = a.get("node")
+        if not isinstance(node, str):
+            raise RemoteError("malformed hello")
         async with self._lock:
-            moved = self.core.on_membership([m.node_id for m in self.membership.alive()])
-            for m in moved:
-                log.info("task moved", extra={"job": m.job, "task": m.task, "from": m.old, "to": m.new,
-                                              "epoch": m.epoch})
-            if moved:
+            bumped = self.core.node_restarted(node)
+            if bumped:
+                log.info("worker restarted: new epochs", extra={"peer": node, "tasks": bumped})
                 await self._persist()
+        return self.core.version
 
     async def _persist(self) -> None:
         doc = json.dumps(self.core.to_doc()).encode()

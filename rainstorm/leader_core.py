@@ -141,6 +141,21 @@ class LeaderCore:
         self.version += 1
         return True
 
+    def node_restarted(self, node: str) -> int:
+        """A node's worker process (re)started: every task of a running job placed there gets the next epoch
+        (same node), so no two instances ever share an epoch. Returns how many moved on."""
+        n = 0
+        for job in self.jobs.values():
+            if job.state != RUNNING:
+                continue
+            for t, a in job.assign.items():
+                if a.node == node:  # finished ones too: their instance still answers until the job ends
+                    job.assign[t] = Assignment(node, a.epoch + 1, a.restarts + 1)
+                    n += 1
+        if n:
+            self.version += 1
+        return n
+
     def stop(self, job_name: str) -> Job:
         job = self.jobs.get(job_name)
         if job is None:

@@ -124,9 +124,17 @@ class Worker:
         return out
 
     async def _poll_loop(self) -> None:
+        greeted = False
         while True:
             addr = self.addr_of(self.leader_id)
-            if addr is not None:
+            if addr is not None and not greeted:
+                # nothing runs before the leader knows this is a fresh process (see Leader._hello)
+                try:
+                    await self.rpc_client.call(addr, "leader.hello", {"node": self.node_id}, timeout=3.0)
+                    greeted = True
+                except (Unreachable, RpcError) as exc:
+                    log.debug("leader not ready: %s", exc)
+            if addr is not None and greeted:
                 try:
                     self.table = await self.rpc_client.call(
                         addr, "leader.table", {"node": self.node_id, "stats": self._stats()}, timeout=3.0)

@@ -88,3 +88,14 @@ def test_lost_instance_restarts_in_place_with_next_epoch() -> None:
     assert core.restart("j", TASKS[0], 1)
     assert job.assign[TASKS[0]].node == node and job.assign[TASKS[0]].epoch == 2
     assert not core.restart("j", TASKS[0], 1)  # a stale report changes nothing
+
+
+def test_restarted_worker_process_gets_new_epochs() -> None:
+    core = _leader()
+    job = core.submit("j", {}, TASKS)
+    node = job.assign[TASKS[0]].node
+    mine = [t for t, a in job.assign.items() if a.node == node]
+    core.report("j", mine[0], 1, "done")
+    assert core.node_restarted(node) == len(mine)
+    assert all(job.assign[t].epoch == 2 and job.assign[t].node == node for t in mine)
+    assert mine[0] in job.done                          # finished stays finished
