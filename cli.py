@@ -347,7 +347,7 @@ def _parse_args(pairs: list[str]) -> dict[str, str]:
 
 
 def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None, args: dict[str, str],
-               rate: float | None, at: str | None, directory: Path) -> dict[str, Any]:
+               rate: float | None, at: str | None, directory: Path, follow: bool = False) -> dict[str, Any]:
     """Check the job file here (one clear error), store it in HyDFS and hand the job to the leader."""
     import uuid
 
@@ -365,7 +365,7 @@ def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None
     target = locate(at, directory)
     stored = f"rs/jobs/{job}-{uuid.uuid4().hex[:8]}.py"
     spec = {"job_file": stored, "job_name": job_file.name, "src": src, "dest": dest, "tasks": tasks,
-            "args": args, "rate": rate}
+            "args": args, "rate": rate, "follow": follow}
     names = [plan.task_name(r) for r in plan.tasks()]
 
     async def body(rpc: Any) -> Any:
@@ -390,10 +390,12 @@ def submit(
     name: Annotated[str | None, typer.Option("--name", help="Job name (default: the file's stem).")] = None,
     arg: Annotated[list[str] | None, typer.Option("--arg", help="NAME=VALUE, read by the job as args.")] = None,
     rate: Annotated[float | None, typer.Option("--rate", help="Source lines per second per source task.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep reading lines appended to the source until "
+                                         "`rainstorm stop JOB`.")] = False,
     at: AtOpt = None, directory: DirOpt = DEFAULT_DIR,
 ) -> None:
     """Run a job file on the cluster."""
-    res = submit_job(job_file, src, dest, tasks, name, _parse_args(arg or []), rate, at, directory)
+    res = submit_job(job_file, src, dest, tasks, name, _parse_args(arg or []), rate, at, directory, follow)
     out.print(f"submitted {res['name']}: {len(res['assign'])} tasks; `rainstorm status {res['name']}` to follow")
 
 

@@ -385,6 +385,8 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
                 f"{rj['seconds']:.1f}s, worst node stall {rj['stall']:.2f}s, {rj['flaps']} false failure "
                 "declarations")
         if not rj["converged"]:
+            if tag:
+                break  # the loaded runs come last: the finding is recorded, the cluster is not usable
             raise RuntimeError(f"{victim} restarted but the cluster did not converge: {rj['error']}")
         if quiet:
             await asyncio.sleep(quiet)

@@ -6,7 +6,8 @@ For each size: the time of ``Client.create(name, data)`` with the whole file, th
 redirects, whether it succeeded, what ``ls`` says afterwards, the slowest answer of any node to a
 trivial RPC meanwhile (its event loop was blocked that long) and the false failure declarations
 (``member fail`` about a node that was never killed) in the nodes' logs. Then the same bytes as a
-``create`` of 1 MB and 1 MB appends. Findings in docs/hydfs-bench.md.
+``create`` of 1 MB and 1 MB appends (first). Each write starts once no membership change was logged
+for 5 s. Findings in docs/hydfs-bench.md.
 """
 
 from __future__ import annotations
@@ -55,10 +56,20 @@ async def one(b: Bench, name: str, data: bytes, chunked: bool) -> dict[str, Any]
     ls = await b.client().ls(name)
     got = len(await b.client(timeout=60.0).get(name))
     stats = dict(cl.core.stats)
-    await asyncio.sleep(3.0)  # let flapping nodes settle before the next write
     return {"size": len(data), "how": "1 MB entries" if chunked else "one entry", "seconds": took,
             "error": err, "retries": stats["retries"], "redirects": stats["redirects"], "stall": stall,
             "flaps": flaps, "term": ls["term"], "entries": ls["last"], "bytes_read_back": got}
+
+
+async def quiet(b: Bench, calm: float = 5.0, limit: float = 90.0) -> float:
+    """Wait until no node logged a membership change for ``calm`` seconds (at most ``limit``)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        recent = member_events(b.c, time.time() - calm)
+        if not recent:
+            break
+        await asyncio.sleep(1.0)
+    return time.monotonic() - t0
 
 
 async def run(d: Path, c: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
@@ -67,9 +78,12 @@ async def run(d: Path, c: dict[str, Any], sizes: list[int]) -> list[dict[str, An
     await asyncio.sleep(3.5)
     out = []
     try:
-        for chunked in (False, True):
+        for chunked in (True, False):
             for size in sizes:
                 data = bytes(range(256)) * (size // 256)
+                waited = await quiet(b)
+                if waited > 1:
+                    console.print(f"  (waited {waited:.0f}s for the membership to calm down)", highlight=False)
                 r = await one(b, f"big/{'c' if chunked else 'e'}{size}", data, chunked)
                 out.append(r)
                 console.print(f"  {r['how']:12} {size // MB:4} MB: {r['seconds']:.2f}s "

@@ -55,10 +55,25 @@ class WorkerConfig:
 
 
 class LinesSource:
-    """A HyDFS source file as lines, fetched once per job (the SourceReader a Task reads through)."""
+    """A HyDFS source file as lines, fetched once per job (the SourceReader a Task reads through).
 
-    def __init__(self, data: bytes) -> None:
+    When following, only newline-terminated lines count (the last one may still be half-appended),
+    and the file is fetched again, at most every ``refresh`` seconds, when a task reads past its end.
+    """
+
+    def __init__(self, data: bytes, follow: bool = False, refresh: float = 0.5) -> None:
+        self.follow = follow
+        self.refresh = refresh
+        self.fetched = time.monotonic()
+        self.set(data)
+
+    def set(self, data: bytes) -> None:
+        if self.follow and data and not data.endswith(b"\n"):
+            data = data[:data.rfind(b"\n") + 1]
         self.rows = data.decode("utf-8", errors="replace").splitlines()
+
+    def stale(self, start: int) -> bool:
+        return self.follow and start > len(self.rows) and time.monotonic() - self.fetched >= self.refresh
 
     def lines(self, name: str, start: int, stride: int, limit: int) -> tuple[list[str], bool]:
         stop = min(len(self.rows), start - 1 + stride * limit)
@@ -167,15 +182,22 @@ class Worker:
             text = await self.hydfs.get(spec["job_file"])
             stages = load_job(text, spec.get("args") or {}, filename=spec.get("job_name", "job.py"))
             plan = build_plan(job, spec["src"], spec["dest"], stages, spec["tasks"])
-            cfg = TaskConfig(rate=spec.get("rate"))
+            cfg = TaskConfig(rate=spec.get("rate"), follow=bool(spec.get("follow")))
             self.plans[job] = (plan, None, cfg)
         return self.plans[job]
 
     async def _source(self, job: str) -> LinesSource:
         plan, src, cfg = self.plans[job]
         if src is None:
-            src = LinesSource(await self.hydfs.get(plan.src))
+            src = LinesSource(await self.hydfs.get(plan.src), cfg.follow)
             self.plans[job] = (plan, src, cfg)
+        return src
+
+    async def _read_source(self, job: str, start: int) -> LinesSource:
+        src = await self._source(job)
+        if src.stale(start):
+            src.fetched = time.monotonic()
+            src.set(await self.hydfs.get(self.plans[job][0].src))
         return src
 
     async def _launch(self, job: str, ref: TaskRef, epoch: int) -> None:
@@ -277,7 +299,8 @@ class Worker:
                 await self.inbox.apply(eff.task, eff.epoch, eff.update)
                 result = None
             elif isinstance(eff, ReadSource):
-                result = (await self._source(inst.job)).lines(eff.name, eff.start, eff.stride, eff.limit)
+                result = (await self._read_source(inst.job, eff.start)).lines(eff.name, eff.start, eff.stride,
+                                                                                eff.limit)
             else:
                 return
         except (Fenced, NotOwner) as exc:

@@ -145,7 +145,10 @@ def test_primary_killed_mid_stream(make_cluster) -> None:  # type: ignore[no-unt
     async def body(new: Callable[..., Client]) -> tuple[list[bytes], bytes]:
         cl = new()
         await cl.create("stream.log", b"")
-        primary = (await cl.ls("stream.log"))["replicas"][0]
+        replicas = (await cl.ls("stream.log"))["replicas"]
+        for r in replicas:  # vouched for (`settle` after joining), as in test_two_replicas_killed
+            await cl.getfromreplica(r, "stream.log")
+        primary = replicas[0]
         acked: list[bytes] = []
         for i in range(60):
             if i == 20:

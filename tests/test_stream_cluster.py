@@ -227,3 +227,20 @@ def test_malformed_job_and_unknown_source(cluster: LocalCluster) -> None:
         submit_job(bad, "signs", "x", 3, None, {}, None, None, cluster.dir)
     with pytest.raises(UserError, match="unknown source file: nope"):
         submit_job(cluster.jobs / "filter.py", "nope", "x", 3, None, {}, None, None, cluster.dir)
+
+
+def test_follow_reads_appended_lines_until_stopped(cluster: LocalCluster) -> None:
+    from cli import submit_job
+
+    more = [f"{LINES + i},Stop,Wood,Guide,Late St" for i in range(1, 301)]
+    submit_job(cluster.jobs / "filter.py", "signs", "follow-out", 3, "follow", {}, None, None, cluster.dir,
+               follow=True)
+    first = [x.decode() for x in run_reference(load_job(FILTER_JOB, {}), "signs", cluster.rows)[0]]
+    wait_for(lambda: collections.Counter(_lines(cluster, "follow-out")) == collections.Counter(first), 60,
+             "the existing lines processed", step=0.5)
+    assert _job(cluster, "follow")["state"] == "running"   # at the end of the file it waits, not finishes
+    _dfs(cluster, lambda cl: cl.append("signs", ("\n".join(more) + "\n").encode()))
+    want = [x.decode() for x in run_reference(load_job(FILTER_JOB, {}), "signs", cluster.rows + more)[0]]
+    wait_for(lambda: collections.Counter(_lines(cluster, "follow-out")) == collections.Counter(want), 60,
+             "the appended lines processed exactly once", step=0.5)
+    assert _leader(cluster, "leader.stop", {"name": "follow"}) == "stopped"

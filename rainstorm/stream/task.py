@@ -69,6 +69,7 @@ class TaskConfig:
     max_queue: int = 2           # commits waiting to be applied / published before it stops reading
     resend: float = 0.5          # seconds without progress before re-sending / re-asking
     rate: float | None = None    # source lines per second per source task (None: unlimited)
+    follow: bool = False         # source: at the end of the file, wait for appended lines (until stopped)
 
 
 # --------------------------------------------------------------------------- effects
@@ -324,6 +325,7 @@ class Task:
         if self._done(op) != "source":
             return
         start, stride, src = self.next_line, self.stride, self.plan.src
+        eof = eof and not self.cfg.follow   # following: the end of the file is only "nothing yet"
         if not lines and not eof:
             self._main = "idle"   # nothing yet: try again on a later tick
             return
