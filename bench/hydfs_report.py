@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median, pct
 
@@ -113,7 +116,7 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
         s1 = Section("1", "Experiment 1: re-replication after SIGKILL (seconds, mean ± stdev)",
                      ["size", "killed", "completed", "total (incl. detection)", "detection (first node)",
                       "detection (primary)", "transfer (excl. detection)", "transfer after the primary's detection",
-                      "raw loopback copy", "copy + fsync", "disk write + fsync", "transfer / raw copy",
+                      "raw loopback copy (ms)", "copy + fsync (ms)", "disk write + fsync (ms)", "transfer / raw copy",
                       "transfer / copy+fsync", "worst node stall (s)", "false failure declarations"],
                      "Detection: SIGKILL to the first `member fail` log line of any node (and of the primary that "
                      "re-replicates). Transfer: from the first detection to the moment `ls` shows 3 live replicas, "
@@ -135,7 +138,7 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
             s1.add(human(size), kind, f"{sum(r.get('ok', True) for r in every)}/{len(every)}",
                    s_sd([r["total"] for r in rs]), s_sd([r["detect"] for r in rs]),
                    s_sd([r["detect_primary"] for r in rs]), s_sd(tr), s_sd([r["transfer_primary"] for r in rs]),
-                   f"{raw:.4f}", f"{rawf:.4f}", f"{disk:.4f}", ratio(mt / raw), ratio(mt / rawf),
+                   f"{raw * 1e3:.3g}", f"{rawf * 1e3:.3g}", f"{disk * 1e3:.3g}", ratio(mt / raw), ratio(mt / rawf),
                    f"{max(r.get('stall', math.nan) for r in every):.2f}", sum(r.get("flaps", 0) for r in every))
             bw = [r["bytes"] / r["transfer"] / MB for r in rs if r["transfer"] > 0]
             if not bw:
@@ -247,7 +250,7 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
 def size_ticks(ax: Any, sizes: list[int]) -> None:
     from matplotlib.ticker import NullLocator
 
-    ax.set_xticks(sizes, [human(x) for x in sizes])
+    ax.set_xticks(sizes, [human(x) for x in sizes], rotation=35, ha="right")
     ax.xaxis.set_minor_locator(NullLocator())
 
 
@@ -359,7 +362,7 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
         ax2.set_ylim(0, 100)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center left")
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
         ax.set_title(f"{key}: sequential gets, {dist} access over 4 KB files (mean ± stdev)")
         save(fig, f"exp{key}_gets_{dist}.png")
     if "7" in res:
@@ -420,3 +423,21 @@ def report(res: dict[str, Any], plan: Any, out: Path, console: Console) -> None:
     console.print(f"wrote {out / 'results.md'}, results.json and {len(made)} plots")
     for g in goals:
         console.print(f"goal: {g[0]}: HyDFS {g[1]} vs {g[2]} -> {g[3]} ({g[4]})", highlight=False)
+
+
+def main() -> None:
+    """Re-render tables, plots and results.md from a saved results.json (no cluster needed):
+    python bench/hydfs_report.py bench/out/hydfs/results.json"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("results", type=Path, help="results.json written by bench/hydfs.py")
+    a = ap.parse_args()
+    res = json.loads(a.results.read_text())
+    for k in ("copy", "copy_fsync", "disk", "rate"):
+        res["base"][k] = {int(s): v for s, v in res["base"][k].items()}
+    report(res, None, a.results.parent, Console(width=200))
+
+
+if __name__ == "__main__":
+    main()
