@@ -101,11 +101,18 @@ class DiskStorage:
         f = self._files.get(name)
         return list(f.runs) if f else []
 
-    def read(self, name: str, start: int, stop: int) -> list[Entry]:
+    def read(self, name: str, start: int, stop: int, max_bytes: int | None = None) -> list[Entry]:
         f = self._files.get(name)
         if not f:
             return []
         lo, hi = max(start, 1) - 1, min(max(stop - 1, 0), len(f.log.blocks))
+        if max_bytes is not None:  # cut by the blocks' lengths before any data is read
+            size = 0
+            for k in range(lo, hi):
+                size += f.log.blocks[k].data_len
+                if k > lo and size > max_bytes:
+                    hi = k
+                    break
         return [Entry.from_meta(f.log.blocks[k].meta, f.log.read(k)) for k in range(lo, hi)]
 
     def data_size(self, name: str, start: int = 1, stop: int | None = None) -> int:

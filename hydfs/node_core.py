@@ -241,13 +241,7 @@ class NodeCore:
         commit = min(self.vol(name).commit, self.storage.last(name)[0])
         start = max(m["start"], 1)
         stop = min(commit, start + min(max(m["limit"], 1), self.config.read_limit) - 1) + 1
-        items: list[list[Any]] = []
-        size = 0
-        for e in self.storage.read(name, start, stop):
-            if items and size + len(e.data) > self.config.batch_bytes:
-                break
-            size += len(e.data)
-            items.append([e.index, e.data])
+        items = [[e.index, e.data] for e in self.storage.read(name, start, stop, self.config.batch_bytes)]
         self.send(src, reply(m["rid"], entries=items, commit=commit))
 
     # ----------------------------------------------------------------- leading and holding

@@ -489,12 +489,7 @@ class Leader:
         entries: list[Entry] = []
         if p.next <= self.last and p.match >= 0:
             stop = min(self.last + 1, p.next + self.cfg.batch_entries)
-            size = 0
-            for e in self.h.storage.read(self.name, p.next, stop):
-                if entries and size + len(e.data) > self.cfg.batch_bytes:
-                    break
-                size += len(e.data)
-                entries.append(e)
+            entries = self.h.storage.read(self.name, p.next, stop, self.cfg.batch_bytes)
         elif not force:
             return
         prev = p.next - 1 if entries else self.last
@@ -614,13 +609,7 @@ class Leader:
     def _get(self, src: str, m: Msg) -> None:
         start = max(m["start"], 1)
         stop = min(self.commit, start + min(max(m["limit"], 1), self.cfg.read_limit) - 1) + 1
-        items: list[list[Any]] = []
-        size = 0
-        for e in self.h.storage.read(self.name, start, stop):
-            if items and size + len(e.data) > self.cfg.batch_bytes:
-                break
-            size += len(e.data)
-            items.append([e.index, e.data])
+        items = [[e.index, e.data] for e in self.h.storage.read(self.name, start, stop, self.cfg.batch_bytes)]
         self.h.send(src, reply(m["rid"], entries=items, commit=self.commit))
 
     def _append(self, src: str, m: Msg, now: float) -> None:

@@ -49,12 +49,7 @@ def on_fetch(h: Host, src: str, m: Msg) -> None:
     entries: list[Entry] = []
     if ok:
         stop = min(m["stop"], m["start"] + h.config.batch_entries)
-        size = 0
-        for e in h.storage.read(name, m["start"], stop):
-            if entries and size + len(e.data) > h.config.batch_bytes:
-                break
-            size += len(e.data)
-            entries.append(e)
+        entries = h.storage.read(name, m["start"], stop, h.config.batch_bytes)
     h.send(src, {"t": "fetched", "f": name, "term": m["term"], "ok": ok, "start": m["start"],
                  "entries": entries_wire(entries)})
 

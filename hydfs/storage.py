@@ -66,8 +66,9 @@ class Storage(Protocol):
 
     def runs(self, name: str) -> Runs: ...
 
-    def read(self, name: str, start: int, stop: int) -> list[Entry]:
-        """Entries with ``start <= index < stop`` (clipped to the log)."""
+    def read(self, name: str, start: int, stop: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries with ``start <= index < stop`` (clipped to the log); with ``max_bytes``, only as many
+        as fit in that many data bytes (at least one), so a batch never reads data it will not send."""
         ...
 
     def append(self, name: str, entries: Sequence[Entry]) -> None: ...
@@ -79,6 +80,18 @@ class Storage(Protocol):
     def drop(self, name: str) -> None:
         """Forget the file entirely (entries and meta)."""
         ...
+
+
+def fit(entries: Sequence[Entry], max_bytes: int | None) -> int:
+    """How many of ``entries`` fit in ``max_bytes`` of data (at least one; all if no limit)."""
+    if max_bytes is None:
+        return len(entries)
+    size = 0
+    for k, e in enumerate(entries):
+        size += len(e.data)
+        if k and size > max_bytes:
+            return k
+    return len(entries)
 
 
 @dataclass
@@ -117,11 +130,12 @@ class MemoryStorage:
         f = self._files.get(name)
         return list(f.runs) if f else []
 
-    def read(self, name: str, start: int, stop: int) -> list[Entry]:
+    def read(self, name: str, start: int, stop: int, max_bytes: int | None = None) -> list[Entry]:
         f = self._files.get(name)
         if not f:
             return []
-        return f.entries[max(start, 1) - 1:max(stop - 1, 0)]
+        out = f.entries[max(start, 1) - 1:max(stop - 1, 0)]
+        return out[:fit(out, max_bytes)]
 
     def append(self, name: str, entries: Sequence[Entry]) -> None:
         f = self._files.setdefault(name, _MemFile())

@@ -85,3 +85,13 @@ def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ign
             assert disk.last(nm) == mem.last(nm)
             assert disk.runs(nm) == mem.runs(nm)
             assert disk.read(nm, 1, 100) == mem.entries(nm)
+
+
+def test_read_stops_at_max_bytes_without_reading_more(tmp_path: Path) -> None:
+    disk, mem = DiskStorage(tmp_path, fsync=False), MemoryStorage()
+    batch = [_e(i, data=bytes(100 * i)) for i in range(1, 6)]   # 100, 200, ... 500 bytes
+    disk.append("f", batch)
+    mem.append("f", batch)
+    for limit, want in [(None, 5), (0, 1), (99, 1), (300, 2), (600, 3), (10_000, 5)]:
+        assert [e.index for e in disk.read("f", 1, 9, limit)] == list(range(1, want + 1))
+        assert disk.read("f", 1, 9, limit) == mem.read("f", 1, 9, limit)
