@@ -202,20 +202,43 @@ def _write_local(path: Path, data: bytes) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _upload(local_file: Path, name: str, at: str | None, directory: Path, create: bool) -> int:
+    """Stream a local file in 1 MiB entries, with a progress bar for anything bigger than one."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from hydfs.api import CHUNK
+
+    try:
+        f = open(local_file, "rb")
+        size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise UserError(f"no such local file: {local_file}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {local_file}: {exc.strerror}") from None
+    with f, Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=out,
+                     disable=size <= CHUNK, transient=True) as bar:
+        task = bar.add_task(name, total=size)
+
+        def tick(n: int) -> None:
+            bar.advance(task, n)
+
+        if create:
+            return _dfs(at, directory, lambda c: c.create_from(name, f, progress=tick))
+        return _dfs(at, directory, lambda c: c.append_from(name, f, progress=tick))
+
+
 @dfs_app.command("create")
 def dfs_create(local_file: Path, name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
     """Create NAME from a local file (fails if NAME exists)."""
-    data = _read_local(local_file)
-    idx = _dfs(at, directory, lambda c: c.create(name, data))
-    out.print(f"created {name} ({len(data)} bytes, entry {idx})")
+    entries = _upload(local_file, name, at, directory, create=True)
+    out.print(f"created {name} ({local_file.stat().st_size} bytes in {entries} entries)")
 
 
 @dfs_app.command("append")
 def dfs_append(local_file: Path, name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
     """Append a local file's bytes to NAME."""
-    data = _read_local(local_file)
-    idx = _dfs(at, directory, lambda c: c.append(name, data))
-    out.print(f"appended {len(data)} bytes to {name} (entry {idx})")
+    idx = _upload(local_file, name, at, directory, create=False)
+    out.print(f"appended {local_file.stat().st_size} bytes to {name} (last entry {idx})")
 
 
 @dfs_app.command("get")

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 from gossip.rpc import RpcClient, RpcError, Unreachable
 from hydfs.cache import FileCache
 from hydfs.client import ClientCore, Result
 from hydfs.names import check_name
+
+CHUNK = 1 << 20  # bytes per entry of a streamed upload: the replication batch size
 
 
 class HydfsError(Exception):
@@ -126,6 +129,40 @@ class Client:
         res = await self._op(name, lambda now: self.core.create(name, data, now))
         self.cache.appended(name, res.index or 0)
         return res.index or 0
+
+    async def create_from(self, name: str, f: BinaryIO, chunk: int = CHUNK,
+                          progress: Callable[[int], None] | None = None) -> int:
+        """Create NAME from a file object, one entry per ``chunk`` bytes, so no message and no batch
+        of re-replication ever holds more than about a chunk. Later chunks are appended on condition
+        that the file still has exactly the entries this upload wrote (no other writer interleaves).
+        A file larger than one chunk is visible while it uploads; if the upload fails part way, the
+        partial file is removed before the error is raised."""
+        data = f.read(chunk)
+        await self.create(name, data)
+        if progress:
+            progress(len(data))
+        entries = 1
+        try:
+            while data := f.read(chunk):
+                await self.append(name, data, cond={"expect_len": entries})
+                entries += 1
+                if progress:
+                    progress(len(data))
+        except BaseException:
+            with contextlib.suppress(HydfsError, Unreachable, RpcError):
+                await self.rm(name)
+            raise
+        return entries
+
+    async def append_from(self, name: str, f: BinaryIO, chunk: int = CHUNK,
+                          progress: Callable[[int], None] | None = None) -> int:
+        """Append a file object's bytes in ``chunk``-sized entries; returns the last entry's index."""
+        index = 0
+        while data := f.read(chunk):
+            index = await self.append(name, data)
+            if progress:
+                progress(len(data))
+        return index
 
     async def append(self, name: str, data: bytes, cond: dict[str, Any] | None = None,
                      key: tuple[str, int] | None = None) -> int:

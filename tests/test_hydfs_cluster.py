@@ -214,3 +214,22 @@ def test_stream_log_store_fences_and_dedups(c5: LocalCluster) -> None:
         assert [d for _, d in await other.entries("rs/j/log/0.0")] == [b"fence-1", b"fence-2"]
 
     run(c5, body)
+
+
+def test_streamed_create_in_chunks(c5: LocalCluster) -> None:
+    import io
+
+    blob = bytes(range(256)) * (3 * 4096 + 100)          # about 3.1 MB: 4 entries of at most 1 MiB
+
+    async def body(new: Callable[..., Client]) -> None:
+        cl = new()
+        seen: list[int] = []
+        assert await cl.create_from("big.bin", io.BytesIO(blob), progress=seen.append) == 4
+        assert sum(seen) == len(blob) and max(seen) <= 1 << 20
+        assert (await cl.ls("big.bin"))["commit"] == 4
+        assert await new().get("big.bin") == blob
+        with pytest.raises(HydfsError, match="already exists"):  # create still fails on an existing name
+            await cl.create_from("big.bin", io.BytesIO(b"x"))
+        assert await new().get("big.bin") == blob            # ...and leaves the existing file alone
+
+    run(c5, body)
