@@ -351,7 +351,14 @@ async def _leader(client: Any, addresses: list[str], method: str, args: dict[str
     addr = next((r["address"] for r in rows if r["id"] == info["leader"] and r["state"] == "alive"), None)
     if addr is None:
         raise UserError(f"the leader {info['leader']} is not alive")
-    return await call_any(client, [addr], method, args, timeout=30.0)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:  # a fresh leader restores its state from HyDFS first (a few seconds after cluster up)
+        try:
+            return await call_any(client, [addr], method, args, timeout=30.0)
+        except UserError as exc:
+            if "leader is starting" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                raise
+        await asyncio.sleep(0.3)
 
 
 def _leader_call(at: str | None, directory: Path, method: str, args: dict[str, Any] | None = None) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,3 +108,22 @@ def test_cli_up_status_members_down(tmp_path: Path) -> None:
         down = _cli("cluster", "down", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert "stopped 3 nodes" in down.stdout
+
+
+def test_demo_main_job(tmp_path: Path) -> None:
+    from tests.conftest import free_base
+
+    base = free_base(9)
+    (tmp_path / "rainstorm.toml").write_text(f"[cluster]\nbase_port = {base}\nredis_base_port = {base + 200}\n")
+    try:
+        res = _cli("demo", "--rows", "3000", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert "signs on 'Punched" in res.stdout and "Try next:" in res.stdout
+        # the count table's numbers are the true counts of the synthetic data
+        from rainstorm.demo import sign_rows
+
+        want = collections.Counter(r.split(",")[3] for r in sign_rows(3000) if "Punched Telespar" in r)
+        for cat, n in want.items():
+            assert re.search(rf"{cat}\s*│\s*{n}\s*│", res.stdout), (cat, n, res.stdout)
+    finally:
+        _cli("cluster", "down", cwd=tmp_path)
