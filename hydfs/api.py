@@ -46,7 +46,7 @@ class Client:
                  cache_bytes: int = 0, timeout: float = 30.0, poll: float = 2.0) -> None:
         self.rpc = rpc
         self.seeds = list(seeds)
-        self.core = ClientCore(client_id or f"client-{uuid.uuid4().hex[:12]}", retry=1.0)
+        self.core = ClientCore(client_id or f"client-{uuid.uuid4().hex[:12]}", retry=0.5)
         self.cache = FileCache(cache_bytes)
         self.timeout = timeout
         self.poll = poll

@@ -23,7 +23,7 @@ from gossip.rpc import RpcClient, RpcError, RpcServer, Unreachable
 from gossip.transport import GossipNode
 from hydfs.api import Client, HydfsError
 from rainstorm.hydfs_log import HydfsLogStore
-from rainstorm.redis_inbox import RedisInboxStore
+from rainstorm.redis_inbox import RedisInboxStore, keys
 from rainstorm.stream.channels import parse_message
 from rainstorm.stream.jobfile import JobError, load_job
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
@@ -172,6 +172,8 @@ class Worker:
         for key, inst in list(self.instances.items()):
             if want.get(key) != inst.epoch:
                 self._stop(inst)
+                if self.table["jobs"].get(inst.job, {}).get("state") not in (None, "running"):
+                    await self._forget(inst)
         for key, epoch in want.items():
             if key not in self.instances:
                 await self._launch(key[0], key[1], epoch)
@@ -219,6 +221,15 @@ class Worker:
         if inst.runner is not None:
             inst.runner.cancel()
         log.info("task stopped", extra={"task": inst.task.name, "epoch": inst.epoch})
+
+    async def _forget(self, inst: Instance) -> None:
+        """The job is over: its task's Redis keys (inbox, marks, caches) go; the HyDFS log stays."""
+        k = keys(inst.task.name)
+        try:
+            stale = [key async for key in self.inbox.r.scan_iter(match=k["out"] + "*")]
+            await self.inbox.r.delete(*[v for n, v in k.items() if n != "out"], *stale)
+        except aredis.RedisError as exc:
+            log.warning("could not clean up redis keys", extra={"task": inst.task.name, "error": str(exc)})
 
     async def _report(self, job: str, task: str, epoch: int, status: str, error: str | None = None) -> None:
         addr = self.addr_of(self.leader_id)

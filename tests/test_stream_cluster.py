@@ -163,7 +163,22 @@ def _node_running(c: LocalCluster, job: str, stage: int, exclude: set[str] | Non
 
 
 def test_failure_free(cluster: LocalCluster) -> None:
+    import redis
+
+    from rainstorm.redis_proc import redis_password
+
     _run_with(cluster, "clean", lambda: None)
+
+    def leftovers() -> list[bytes]:  # a finished job leaves no Redis keys behind (its logs stay in HyDFS)
+        out: list[bytes] = []
+        for n in cluster.data["nodes"]:
+            pw = redis_password(cluster.data["secret"], n["id"])
+            r = redis.Redis(host="127.0.0.1", port=n["redis_port"], password=pw)
+            out += r.keys("rs:*clean*")
+            r.close()
+        return out
+
+    wait_for(lambda: not leftovers(), 10, "the finished jobs' Redis keys to be removed", step=0.3)
 
 
 def test_sigkill_one_worker(cluster: LocalCluster) -> None:
