@@ -99,6 +99,7 @@ def test_cli_up_status_members_down(tmp_path: Path) -> None:
         rows = json.loads(st.stdout)["nodes"]
         assert [r["state"] for r in rows] == ["up"] * 3
         assert all(r["membership"] == "alive" and r["redis_pid"] for r in rows)
+        assert rows[0]["roles"] == ["leader", "worker"] and rows[1]["roles"] == ["worker"]
         m = json.loads(_cli("members", "--json", cwd=tmp_path).stdout)["members"]
         assert {r["id"] for r in m} == {"node-1", "node-2", "node-3"}
         assert set(m[0]) == {"id", "address", "state", "incarnation", "seconds", "ring_position"}
