@@ -1,7 +1,7 @@
 """`rainstorm demo`: a synthetic traffic-sign inventory and the two classic jobs.
 
-The data set is SYNTHETIC (seeded, labelled so in its header comment-free first column values): it
-only has the shape of a city's sign inventory, so the demo needs no download.
+The data set is SYNTHETIC: seeded, and every row says so in its last column (``source``). It only
+has the shape of a city's sign inventory, so the demo needs no download.
 """
 
 from __future__ import annotations
