@@ -201,9 +201,12 @@ def test_node_process_dies_redis_lives(cluster: LocalCluster) -> None:
         victim = _node_running(cluster, "count-proc-count", 1)
         node = cluster.node(victim)
         os.kill(node["pid"], signal.SIGKILL)             # the node process only
-        assert pid_alive(cluster.call("node-1", "node.info")["pid"])
-        local.restart(cluster.dir, victim)              # adopts the Redis that lived on
+        wait_for(lambda: not pid_alive(node["pid"]), 10, "the killed node process to be gone")
+        redis_pid = int((Path(node["data"]) / "redis" / "redis.pid").read_text())
+        assert pid_alive(redis_pid)                     # its Redis lives on
+        local.restart(cluster.dir, victim)
         cluster.reload()
+        assert cluster.call(victim, "node.info")["redis_pid"] == redis_pid   # adopted, not replaced
 
     _run_with(cluster, "proc", inject)
 
