@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import hydfs_raw as raw
 from bench.common import machine, median, pct
+from bench.hydfs_report import KB, MB, human
 from gossip.rpc import RpcClient, RpcError, Unreachable
 from gossip.wire import derive_key
 from hydfs.api import Client, HydfsError
@@ -58,7 +59,6 @@ from rainstorm import cluster as local
 from rainstorm.config import Config
 
 console = Console(width=None if sys.stdout.isatty() else 200)
-KB, MB = 1 << 10, 1 << 20
 CHUNK = MB  # entry size used to write files larger than this
 NODES = 5
 
@@ -97,14 +97,6 @@ QUICK = Plan(sizes=[KB, MB, 4 * MB], repeats=1, primary_sizes=[KB], appends=100,
              append_repeats={4 * KB: 1, 40 * KB: 1}, files=100, file_size=4 * KB, gets=200, get_repeats=1,
              mixed_gets=180, mixed_appends=20, mixed_repeats=1, mb_appends=10, merges=20, loaded_sizes=[KB],
              loaded_repeats=1, loaded_quiet=0.0, loaded_timeout=20.0, raw_repeats=3)
-
-
-def human(n: float) -> str:
-    for unit, k in (("MB", MB), ("KB", KB)):
-        if n >= k:
-            v = n / k
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from rainstorm.redis_inbox import RedisInboxStore, keys
 from rainstorm.stream.channels import parse_message
 from rainstorm.stream.jobfile import JobError, load_job
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
-from rainstorm.stream.stores import Fenced, NotOwner
+from rainstorm.stream.stores import Fenced, MemorySource, NotOwner
 from rainstorm.stream.task import (
     Accept,
     AppendLog,
@@ -54,14 +54,16 @@ class WorkerConfig:
     inbox_max: int = 256        # stream entries (batches) an inbox holds before producers wait
 
 
-class LinesSource:
+class LinesSource(MemorySource):
     """A HyDFS source file as lines, fetched once per job (the SourceReader a Task reads through).
 
     When following, only newline-terminated lines count (the last one may still be half-appended),
     and the file is fetched again, at most every ``refresh`` seconds, when a task reads past its end.
     """
 
-    def __init__(self, data: bytes, follow: bool = False, refresh: float = 0.5) -> None:
+    def __init__(self, name: str, data: bytes, follow: bool = False, refresh: float = 0.5) -> None:
+        super().__init__()
+        self.name = name
         self.follow = follow
         self.refresh = refresh
         self.fetched = time.monotonic()
@@ -70,15 +72,10 @@ class LinesSource:
     def set(self, data: bytes) -> None:
         if self.follow and data and not data.endswith(b"\n"):
             data = data[:data.rfind(b"\n") + 1]
-        self.rows = data.decode("utf-8", errors="replace").splitlines()
+        self.files[self.name] = data.decode("utf-8", errors="replace").splitlines()
 
     def stale(self, start: int) -> bool:
-        return self.follow and start > len(self.rows) and time.monotonic() - self.fetched >= self.refresh
-
-    def lines(self, name: str, start: int, stride: int, limit: int) -> tuple[list[str], bool]:
-        stop = min(len(self.rows), start - 1 + stride * limit)
-        out = self.rows[start - 1:stop:stride]
-        return out, start + stride * len(out) > len(self.rows)
+        return self.follow and start > len(self.files[self.name]) and time.monotonic() - self.fetched >= self.refresh
 
 
 @dataclass
@@ -191,7 +188,7 @@ class Worker:
     async def _source(self, job: str) -> LinesSource:
         plan, src, cfg = self.plans[job]
         if src is None:
-            src = LinesSource(await self.hydfs.get(plan.src), cfg.follow)
+            src = LinesSource(plan.src, await self.hydfs.get(plan.src), cfg.follow)
             self.plans[job] = (plan, src, cfg)
         return src
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,3 +93,10 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     yield make
     for c in made:
         c.down()
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `rainstorm` command in a subprocess, without any RAINSTORM_* of the caller's shell."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAINSTORM_")}
+    return subprocess.run([sys.executable, "-m", "rainstorm", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env={**base, **(env or {})})

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RAINSTORM_")}
-    return subprocess.run([sys.executable, "-m", "rainstorm", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env={**base, **(env or {})})
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("args,env,needle", [
@@ -26,7 +19,7 @@ def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
     (["node", "start", "--bind", "127.0.0.1:7999"], {}, "no cluster secret"),
 ])
 def test_one_clear_line(tmp_path: Path, args: list[str], env: dict[str, str], needle: str) -> None:
-    res = _cli(*args, cwd=tmp_path, env=env)
+    res = run_cli(*args, cwd=tmp_path, env=env)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
@@ -35,7 +28,7 @@ def test_one_clear_line(tmp_path: Path, args: list[str], env: dict[str, str], ne
 
 def test_bad_config_file(tmp_path: Path) -> None:
     (tmp_path / "rainstorm.toml").write_text("[cluster]\nnodes = 'five'\n")
-    res = _cli("cluster", "up", cwd=tmp_path)
+    res = run_cli("cluster", "up", cwd=tmp_path)
     assert res.returncode != 0
     assert res.stderr.strip() == "error: [cluster]: nodes must be int"
 
@@ -44,6 +37,6 @@ def test_unknown_node_in_cluster_file(tmp_path: Path) -> None:
     d = tmp_path / ".rainstorm"
     d.mkdir()
     (d / "cluster.json").write_text('{"secret": "s", "nodes": [{"id": "node-1", "address": "127.0.0.1:1"}]}')
-    res = _cli("cluster", "kill", "node-9", cwd=tmp_path)
+    res = run_cli("cluster", "kill", "node-9", cwd=tmp_path)
     assert res.returncode == 1
     assert res.stderr.strip() == "error: unknown node 'node-9'; nodes are node-1"

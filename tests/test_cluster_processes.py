@@ -6,8 +6,6 @@ import collections
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import redis
 
 from rainstorm import cluster as local
 from rainstorm.redis_proc import redis_password
-from tests.conftest import LocalCluster, pid_alive, wait_for
+from tests.conftest import LocalCluster, pid_alive, run_cli, wait_for
 
 pytestmark = pytest.mark.cluster
 DETECT_BOUND = 10.0  # generous for a loaded CI machine; docs/membership.md gives measured figures
@@ -80,9 +78,6 @@ def test_node_supervises_its_redis(make_cluster) -> None:  # type: ignore[no-unt
     assert info["redis_restarts"] == 1 and pid_alive(info["redis_pid"])
 
 
-def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rainstorm", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 def test_cli_up_status_members_down(tmp_path: Path) -> None:
@@ -90,23 +85,23 @@ def test_cli_up_status_members_down(tmp_path: Path) -> None:
     from tests.conftest import free_base
     base = free_base(7)
     cfg.write_text(f"[cluster]\nbase_port = {base}\nredis_base_port = {base + 200}\n")
-    up = _cli("cluster", "up", "--nodes", "3", cwd=tmp_path)
+    up = run_cli("cluster", "up", "--nodes", "3", cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         assert "node-3" in up.stdout
-        st = _cli("cluster", "status", "--json", cwd=tmp_path)
+        st = run_cli("cluster", "status", "--json", cwd=tmp_path)
         import json
         rows = json.loads(st.stdout)["nodes"]
         assert [r["state"] for r in rows] == ["up"] * 3
         assert all(r["membership"] == "alive" and r["redis_pid"] for r in rows)
         assert rows[0]["roles"] == ["leader", "worker"] and rows[1]["roles"] == ["worker"]
-        m = json.loads(_cli("members", "--json", cwd=tmp_path).stdout)["members"]
+        m = json.loads(run_cli("members", "--json", cwd=tmp_path).stdout)["members"]
         assert {r["id"] for r in m} == {"node-1", "node-2", "node-3"}
         assert set(m[0]) == {"id", "address", "state", "incarnation", "seconds", "ring_position"}
-        rc = _cli("redis-cli", "node-2", "PING", cwd=tmp_path)
+        rc = run_cli("redis-cli", "node-2", "PING", cwd=tmp_path)
         assert rc.stdout.strip() == "PONG", rc.stderr
     finally:
-        down = _cli("cluster", "down", cwd=tmp_path)
+        down = run_cli("cluster", "down", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert "stopped 3 nodes" in down.stdout
 
@@ -117,7 +112,7 @@ def test_demo_main_job(tmp_path: Path) -> None:
     base = free_base(9)
     (tmp_path / "rainstorm.toml").write_text(f"[cluster]\nbase_port = {base}\nredis_base_port = {base + 200}\n")
     try:
-        res = _cli("demo", "--rows", "3000", cwd=tmp_path)
+        res = run_cli("demo", "--rows", "3000", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
         assert "signs on 'Punched" in res.stdout and "Try next:" in res.stdout
         # the count table's numbers are the true counts of the synthetic data
@@ -127,4 +122,4 @@ def test_demo_main_job(tmp_path: Path) -> None:
         for cat, n in want.items():
             assert re.search(rf"{cat}\s*│\s*{n}\s*│", res.stdout), (cat, n, res.stdout)
     finally:
-        _cli("cluster", "down", cwd=tmp_path)
+        run_cli("cluster", "down", cwd=tmp_path)
