@@ -1,7 +1,7 @@
 """Where HyDFS spends its time: HyDFS servers and a client in ONE process, under cProfile.
 
-    python bench/hydfs_profile.py [--size 1MB] [--count 30] [--top 25] [--no-fsync]
-    python bench/hydfs_profile.py --membership 1000 [--no-fsync]
+    python bench/hydfs_profile.py [--size 1MB] [--count 30] [--top 25] [--fsync always|interval]
+    python bench/hydfs_profile.py --membership 1000 [--fsync always|interval]
 
 The servers are the real :class:`hydfs.server.HydfsServer` (real RPC over 127.0.0.1, real disk and
 fsync) with a membership view set by hand instead of gossip. One process runs everything on one
@@ -78,7 +78,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start(n: int, fsync: bool, root: Path) -> tuple[dict[str, str], list[Any], list[StaticView]]:
+async def start(n: int, fsync: str, root: Path) -> tuple[dict[str, str], list[Any], list[StaticView]]:
     key = derive_key("profile")
     addrs = {f"p{i}": f"127.0.0.1:{free_port()}" for i in range(1, n + 1)}
     rows = [{"id": i, "address": a, "state": "alive"} for i, a in addrs.items()]
@@ -115,7 +115,7 @@ def render(prof: cProfile.Profile, top: int) -> str:
     return out.getvalue()
 
 
-async def membership_async(files: int, fsync: bool, top: int, root: Path) -> str:
+async def membership_async(files: int, fsync: str, top: int, root: Path) -> str:
     addrs, parts, views = await start(5, fsync, root)
     crpc = RpcClient(derive_key("profile"))
     writers = [Client(crpc, list(addrs.values())) for _ in range(10)]
@@ -157,14 +157,14 @@ async def membership_async(files: int, fsync: bool, top: int, root: Path) -> str
         await w.close()
     await crpc.close()
     await stop(live)
-    head = (f"{files} files of 4 KB on 5 servers in one process (fsync {'on' if fsync else 'off'}), made in "
+    head = (f"{files} files of 4 KB on 5 servers in one process (fsync {fsync}), made in "
             f"{made:.1f}s; the {len(lost)} files of {victim} have 3 in-sync replicas again "
             f"{'after' if done else 'NOT within'} {took:.2f}s of telling 4 servers {victim} failed; "
             f"longest event-loop block {worst:.2f}s\n")
     return head + render(prof, top)
 
 
-async def main_async(size: int, count: int, fsync: bool, top: int, root: Path) -> str:
+async def main_async(size: int, count: int, fsync: str, top: int, root: Path) -> str:
     addrs, parts, _views = await start(3, fsync, root)
     crpc = RpcClient(derive_key("profile"))
     cl = Client(crpc, list(addrs.values()))
@@ -182,7 +182,7 @@ async def main_async(size: int, count: int, fsync: bool, top: int, root: Path) -
     await cl.close()
     await crpc.close()
     await stop(parts)
-    head = (f"{count} appends of {size} B, client + 3 servers in one process (fsync {'on' if fsync else 'off'}): "
+    head = (f"{count} appends of {size} B, client + 3 servers in one process (fsync {fsync}): "
             f"{took:.2f}s = {took / count * 1e3:.1f} ms per append = {size * count / took / 2**20:.1f} MB/s\n")
     return head + render(prof, top)
 
@@ -192,15 +192,15 @@ def main() -> None:
     ap.add_argument("--size", default="1MiB")
     ap.add_argument("--count", type=int, default=30)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--no-fsync", action="store_true")
+    ap.add_argument("--fsync", choices=["always", "interval"], default="interval")
     ap.add_argument("--membership", type=int, default=0, metavar="FILES",
                     help="profile the reaction to one server's failure with this many files instead")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hydfs-profile-") as tmp:
         if a.membership:
-            print(asyncio.run(membership_async(a.membership, not a.no_fsync, a.top, Path(tmp))))
+            print(asyncio.run(membership_async(a.membership, a.fsync, a.top, Path(tmp))))
         else:
-            print(asyncio.run(main_async(parse_size(a.size), a.count, not a.no_fsync, a.top, Path(tmp))))
+            print(asyncio.run(main_async(parse_size(a.size), a.count, a.fsync, a.top, Path(tmp))))
 
 
 if __name__ == "__main__":

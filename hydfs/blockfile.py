@@ -1,27 +1,33 @@
 """A crash-safe file of append blocks on local disk.
 
 Each block is ``header | meta | data``: the header holds a magic, the meta and data lengths and a
-CRC-32 of meta+data; meta is a small msgpack dict (term, index, client id, seq, ...). Opening a file
+CRC-32C of meta+data; meta is a small msgpack dict (term, index, client id, seq, ...). Opening a file
 scans the headers and cuts a torn tail (short header, short body or bad CRC) left by a crash, so a
 half-written append never becomes visible. Data is read by range, so a 200 MB file never has to
 be in memory; only the blocks' metas and offsets are.
+
+Appends are plain ``pwritev`` calls (header and data as separate buffers: no copy of the data) and
+do not sync: the owner decides when to pay for :meth:`BlockFile.sync` (group commit, see
+:mod:`hydfs.disk`). Truncation syncs at once: it is rare, and a lost truncation could bring back a
+divergent suffix. CRC-32C runs in hardware (SSE4.2), ~16 GB/s here against ~2.5 GB/s for zlib's CRC-32.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import msgpack
 
-MAGIC = b"HYB1"
-HEADER = struct.Struct(">4sIQI")  # magic, meta length, data length, crc32(meta + data)
+MAGIC = b"HYB2"
+HEADER = struct.Struct(">4sIQI")  # magic, meta length, data length, crc32c(meta + data)
 CHUNK = 1 << 20
+IOV_MAX = 512  # buffers per pwritev call (the kernel's limit is 1024)
 
 
 @dataclass
@@ -36,59 +42,75 @@ class Block:
         return self.data_offset + self.data_len
 
 
-def _crc_of(f: Any, start: int, length: int) -> int:
+def _crc_of(fd: int, start: int, length: int) -> int:
     crc = 0
-    f.seek(start)
-    left = length
-    while left:
-        buf = f.read(min(CHUNK, left))
+    pos, end = start, start + length
+    while pos < end:
+        buf = os.pread(fd, min(CHUNK, end - pos), pos)
         if not buf:
             return -1
-        crc = zlib.crc32(buf, crc)
-        left -= len(buf)
+        crc = crc32c.crc32c(buf, crc)
+        pos += len(buf)
     return crc
 
 
-def encode_block(meta: dict[str, Any], data: bytes) -> bytes:
+def block_parts(meta: dict[str, Any], data: bytes) -> tuple[bytes, bytes]:
+    """``(header + meta, data)``: the two buffers of one block, written without joining them."""
     m = msgpack.packb(meta, use_bin_type=True)
-    return HEADER.pack(MAGIC, len(m), len(data), zlib.crc32(data, zlib.crc32(m))) + m + data
+    return HEADER.pack(MAGIC, len(m), len(data), crc32c.crc32c(data, crc32c.crc32c(m))) + m, data
+
+
+def encode_block(meta: dict[str, Any], data: bytes) -> bytes:
+    head, body = block_parts(meta, data)
+    return head + body
+
+
+def _pwritev(fd: int, bufs: list[bytes], pos: int) -> None:
+    """Write every buffer at ``pos``; a short write (full disk, signal) is continued or raised."""
+    views = [memoryview(b) for b in bufs if len(b)]
+    while views:
+        n = os.pwritev(fd, views[:IOV_MAX], pos)
+        pos += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if n:
+            views[0] = views[0][n:]
 
 
 class BlockFile:
-    def __init__(self, path: Path, fsync: bool = True) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.fsync = fsync
         self.blocks: list[Block] = []
         self.cut_bytes = 0  # torn tail removed at open
-        self._f = open(path, "r+b" if path.exists() else "w+b")
+        self.dirty = False  # written since the last sync
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._scan()
 
     def _scan(self) -> None:
-        f = self._f
-        size = os.fstat(f.fileno()).st_size
+        fd = self.fd
+        size = os.fstat(fd).st_size
         pos = 0
         while pos + HEADER.size <= size:
-            f.seek(pos)
-            magic, mlen, dlen, crc = HEADER.unpack(f.read(HEADER.size))
+            magic, mlen, dlen, crc = HEADER.unpack(os.pread(fd, HEADER.size, pos))
             body = pos + HEADER.size
-            if magic != MAGIC or body + mlen + dlen > size or _crc_of(f, body, mlen + dlen) != crc:
+            if magic != MAGIC or body + mlen + dlen > size or _crc_of(fd, body, mlen + dlen) != crc:
                 break
-            f.seek(body)
             try:
-                meta = msgpack.unpackb(f.read(mlen), raw=False)
+                meta = msgpack.unpackb(os.pread(fd, mlen, body), raw=False)
             except Exception:
                 break
             self.blocks.append(Block(meta, pos, body + mlen, dlen))
             pos = body + mlen + dlen
         if pos < size:
             self.cut_bytes = size - pos
-            f.truncate(pos)
-            self._sync()
+            os.ftruncate(fd, pos)
+            os.fsync(fd)
 
-    def _sync(self) -> None:
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
+    def sync(self) -> None:
+        if self.dirty:
+            os.fdatasync(self.fd)
+            self.dirty = False
 
     @property
     def size(self) -> int:
@@ -98,33 +120,37 @@ class BlockFile:
         return self.append_many([(meta, data)])[-1]
 
     def append_many(self, items: Iterable[tuple[dict[str, Any], bytes]]) -> list[Block]:
-        """Write several blocks with one fsync (a batch of replicated entries)."""
-        out = []
-        pos = self.size
-        self._f.seek(pos)
+        """Write several blocks in one system call; durable after the next :meth:`sync`."""
+        out: list[Block] = []
+        bufs: list[bytes] = []
+        start = pos = self.size
         for meta, data in items:
-            raw = encode_block(meta, data)
-            self._f.write(raw)
-            mlen = len(raw) - HEADER.size - len(data)
-            out.append(Block(meta, pos, pos + HEADER.size + mlen, len(data)))
-            pos += len(raw)
-        self._sync()
+            head, body = block_parts(meta, data)
+            bufs += (head, body)
+            out.append(Block(meta, pos, pos + len(head), len(body)))
+            pos += len(head) + len(body)
+        try:
+            _pwritev(self.fd, bufs, start)
+        except OSError:
+            os.ftruncate(self.fd, start)  # nothing half-written stays (a full disk, say)
+            raise
+        self.dirty = True
         self.blocks.extend(out)
         return out
 
     def truncate(self, count: int) -> None:
-        """Keep the first ``count`` blocks (a divergent suffix is cut)."""
+        """Keep the first ``count`` blocks (a divergent suffix is cut), durably at once."""
         if count >= len(self.blocks):
             return
-        self._f.truncate(self.blocks[count].offset)
+        os.ftruncate(self.fd, self.blocks[count].offset)
         del self.blocks[count:]
-        self._sync()
+        os.fsync(self.fd)
+        self.dirty = False
 
     def read(self, i: int, start: int = 0, length: int | None = None) -> bytes:
         b = self.blocks[i]
         n = b.data_len - start if length is None else min(length, b.data_len - start)
-        self._f.seek(b.data_offset + start)
-        return self._f.read(max(0, n))
+        return os.pread(self.fd, max(0, n), b.data_offset + start) if n > 0 else b""
 
     def iter_data(self, first: int = 0, last: int | None = None, chunk: int = CHUNK) -> Iterator[bytes]:
         """Data of blocks ``first``..``last-1`` in chunks of at most ``chunk`` bytes."""
@@ -133,22 +159,27 @@ class BlockFile:
                 yield self.read(i, start, chunk)
 
     def close(self) -> None:
-        self._f.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
-def write_atomic(path: Path, blocks: Iterable[tuple[dict[str, Any], bytes]], fsync: bool = True) -> None:
-    """A whole new file: written under a temporary name, then renamed, so it appears whole or not at all."""
+def fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_atomic(path: Path, blocks: Iterable[tuple[dict[str, Any], bytes]]) -> None:
+    """A whole new file: written under a temporary name, fsynced, then renamed, so it appears whole or
+    not at all."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         for meta, data in blocks:
             f.write(encode_block(meta, data))
         f.flush()
-        if fsync:
-            os.fsync(f.fileno())
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    if fsync:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    fsync_dir(path.parent)

@@ -26,6 +26,7 @@ class CoreConfig:
     sync_timeout: float = 2.0     # a new primary waits this long for replicas to catch up
     batch_entries: int = 256      # entries per append / fetch message
     batch_bytes: int = 1 << 20    # and bytes
+    window_bytes: int = 8 << 20   # data sent to one replica ahead of its answers
     queue_limit: int = 10_000     # client requests a primary holds while it cannot serve
     read_limit: int = 1000        # entries per get reply
 

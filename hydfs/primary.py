@@ -50,6 +50,18 @@ class Peer:
     trusted: bool = False
     isr_sent: float = -math.inf
     acks: int = 0              # answers received, so a merge can insist on a fresh one
+    flight: deque[tuple[int, int]] = field(default_factory=deque)  # (last index, bytes) of batches unanswered
+    flight_bytes: int = 0
+
+    def rewind(self, nxt: int) -> None:
+        """Send again from ``nxt``: whatever was in flight is presumed lost."""
+        self.next = nxt
+        self.flight.clear()
+        self.flight_bytes = 0
+
+    def answered(self, match: int) -> None:
+        while self.flight and self.flight[0][0] <= match:
+            self.flight_bytes -= self.flight.popleft()[1]
 
 
 @dataclass
@@ -215,7 +227,7 @@ class Leader:
         else:
             for x, p in self.peers.items():
                 if p.sent <= due and (p.match < self.last or p.last != self.last):
-                    p.next = p.match + 1 if p.match >= 0 else self.last + 1
+                    p.rewind(p.match + 1 if p.match >= 0 else self.last + 1)
                     self._pump(x, now, force=True)
                 elif p.commit_sent < self.commit and p.sent <= now - self.cfg.retry / 2:
                     self._pump(x, now, force=True)
@@ -478,24 +490,29 @@ class Leader:
             r = self.reports.get(x)
             if r is not None and self.phase == SYNC and r.created == self.created and r.deleted is None:
                 p.match = common_prefix(self.runs, self.last, r.runs, r.last)
-                p.next, p.last = p.match + 1, r.last
+                p.last = r.last
+                p.rewind(p.match + 1)
             self._pump(x, now, force=True)
 
     def _pump(self, x: str, now: float, force: bool = False) -> None:
-        """Send the peer what it lacks (or, if ``force``, at least a heartbeat)."""
+        """Send the peer what it lacks, several batches ahead of its answers up to ``window_bytes``
+        (a far-behind replica is copied at the speed of the wire, not of round trips); if ``force``,
+        at least a heartbeat."""
         p = self.peers[x]
         if self.created is None:
             return
-        entries: list[Entry] = []
-        if p.next <= self.last and p.match >= 0:
+        sent = False
+        while p.next <= self.last and p.match >= 0 and (not p.flight or p.flight_bytes < self.cfg.window_bytes):
             stop = min(self.last + 1, p.next + self.cfg.batch_entries)
             entries = self.h.storage.read(self.name, p.next, stop, self.cfg.batch_bytes)
-        elif not force:
-            return
-        prev = p.next - 1 if entries else self.last
-        self._send_append(x, prev, entries, now)
-        if entries:
+            self._send_append(x, p.next - 1, entries, now)
+            size = sum(len(e.data) for e in entries)
+            p.flight.append((entries[-1].index, size))
+            p.flight_bytes += size
             p.next = entries[-1].index + 1
+            sent = True
+        if force and not sent:
+            self._send_append(x, self.last, [], now)
 
     def _send_append(self, x: str, prev: int, entries: list[Entry], now: float) -> None:
         p = self.peers.get(x)
@@ -523,10 +540,12 @@ class Leader:
             if m["match"] > self.last:
                 return
             p.match = max(p.match, m["match"])
-            p.next = max(p.next, p.match + 1)
+            p.answered(p.match)
+            if p.next <= p.match:
+                p.rewind(p.match + 1)
         elif m["runs"] is not None:
             p.match = common_prefix(self.runs, self.last, m["runs"], m["last"])
-            p.next = p.match + 1
+            p.rewind(p.match + 1)
         else:
             return
         self._pump(src, now)

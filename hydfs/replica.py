@@ -111,9 +111,12 @@ def on_set_isr(h: Host, src: str, m: Msg) -> None:
             meta.ver, meta.isr = m["ver"], m["isr"]
             h.storage.put_meta(name, meta)
             vol = h.vol(name)
-            vol.trusted = h.settled()
+            last = h.storage.last(name)[0]
+            # A member vouches only while it holds every acknowledged append. It always does when
+            # acks wait for fsync; with fsync = "interval" a machine crash can cost it its tail.
+            vol.trusted = h.settled() and (h.node_id not in meta.isr or last >= m["commit"])
             if h.node_id in meta.isr:
-                vol.commit = max(vol.commit, min(m["commit"], h.storage.last(name)[0]))
+                vol.commit = max(vol.commit, min(m["commit"], last))
     h.send(src, {"t": "isr_ack", "f": name, "term": m["term"], "ok": ok, "promised": meta.term,
                  "ver": list(m["ver"]), "trusted": h.vol(name).trusted})
 

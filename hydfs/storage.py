@@ -43,7 +43,9 @@ class FileMeta:
 
 
 class Storage(Protocol):
-    """Durable per-file state. Every write returns only once it would survive a crash.
+    """Durable per-file state. A write survives a crash once :meth:`sync` has returned; the node's
+    I/O edge calls ``sync`` before it sends any message, so nothing another node or a client hears of
+    can be lost (group commit: one sync covers every write of a batch of messages).
 
     Entries are numbered 1..last with no gaps; ``append`` always continues at ``last + 1``.
     ``runs`` is the term-run summary of the log (see :mod:`hydfs.entries`); an implementation keeps
@@ -79,6 +81,10 @@ class Storage(Protocol):
 
     def drop(self, name: str) -> None:
         """Forget the file entirely (entries and meta)."""
+        ...
+
+    def sync(self) -> None:
+        """Make every write so far durable."""
         ...
 
 
@@ -156,6 +162,10 @@ class MemoryStorage:
     def drop(self, name: str) -> None:
         self._files.pop(name, None)
         self.writes += 1
+
+    def sync(self) -> None:
+        """Writes are durable at once here: the simulator delivers a node's messages after the step
+        that wrote, which is the order the disk edge keeps by syncing before it sends."""
 
     def entries(self, name: str) -> list[Entry]:
         """The whole log (tests and the simulator only)."""

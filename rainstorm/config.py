@@ -90,4 +90,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         if section is None or not isinstance(values, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
         _apply(section, values, f"[{name}]")
+    problem = cfg.hydfs.check()
+    if problem:
+        raise ConfigError(f"[hydfs]: {problem}")
     return cfg

@@ -438,6 +438,34 @@ def test_a_restarted_node_keeps_its_durable_log() -> None:
     assert append(sim, b"y;").index == 3
 
 
+def test_a_replica_that_lost_its_unsynced_tail_never_vouches() -> None:
+    """fsync = "interval": a machine crash can cut a replica's log below what it acknowledged. Until
+    it is caught up it must not vouch, or it alone could later hand a new primary its short log."""
+    sim = cluster(3)
+    make(sim, b"h;")
+    for i in range(8):
+        append(sim, b"%d;" % i)
+    p, b, c = owners(sim)
+    sim.hooks.append(lambda src, dest, m: not (dest == b and m.get("t") == "append" and m.get("entries")))
+    sim.crash(b)
+    sim.nodes[b].storage.truncate(F, 3)   # the page cache died with the machine
+    sim.restart(b)
+    sim.run_for(sim.config.settle + 3.0)  # b hears the current in-sync set, but is never caught up
+    core = sim.nodes[b].core
+    assert core is not None and sim.nodes[b].storage.last(F)[0] == 3 and not core.vol(F).trusted
+    sim.crash(p)
+    sim.crash(c)
+    sim.hooks.clear()
+    reader = sim.client("reader")
+    op = reader.get(F, sim.now)
+    sim.run_for(10.0)
+    res = reader.results.pop(op, None)
+    assert res is None, f"served from a log that lost acknowledged appends: {res}"
+    sim.restart(c)  # (with no member vouching, the takeover needs every member of the set back)
+    sim.restart(p)
+    assert sim.wait("reader", op, timeout=60).data == b"h;" + b"".join(b"%d;" % i for i in range(8))
+
+
 # ----------------------------------------------------------------- messages from the network
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hydfs.disk import DiskStorage
+from hydfs.disk import DiskStorage, StorageError
 from hydfs.entries import Entry
 from hydfs.storage import FileMeta, MemoryStorage
 
@@ -56,14 +56,22 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("truncate"), st.sampled_from(["f", "g"]), st.integers(0, 6), st.just(0)),
     st.tuples(st.just("drop"), st.sampled_from(["f", "g"]), st.just(0), st.just(0)),
     st.tuples(st.just("restart"), st.just(""), st.just(0), st.just(0)),
+    st.tuples(st.just("crash"), st.just(""), st.just(0), st.just(0)),
 ), max_size=25)
+
+
+def _crash(disk: DiskStorage) -> None:
+    """A process crash: fds go away, nothing still in memory reaches the disk."""
+    for name in disk.names():
+        disk._files[name].log.close()
+    disk.journal.close()
 
 
 @settings(max_examples=40, deadline=None)
 @given(ops)
 def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("d")
-    disk, mem = DiskStorage(root, fsync=False), MemoryStorage()
+    disk, mem = DiskStorage(root, fsync_data=False), MemoryStorage()
     term = 1
     for op, name, a, b in program:
         if op == "append":
@@ -78,9 +86,13 @@ def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ign
         elif op == "drop":
             disk.drop(name)
             mem.drop(name)
+        elif op == "crash":
+            disk.sync()  # what a node does before it sends: everything up to here must survive
+            _crash(disk)
+            disk = DiskStorage(root, fsync_data=False)
         else:
             disk.close()
-            disk = DiskStorage(root, fsync=False)
+            disk = DiskStorage(root, fsync_data=False)
         for nm in ("f", "g"):
             assert disk.last(nm) == mem.last(nm)
             assert disk.runs(nm) == mem.runs(nm)
@@ -88,10 +100,76 @@ def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ign
 
 
 def test_read_stops_at_max_bytes_without_reading_more(tmp_path: Path) -> None:
-    disk, mem = DiskStorage(tmp_path, fsync=False), MemoryStorage()
+    disk, mem = DiskStorage(tmp_path, fsync_data=False), MemoryStorage()
     batch = [_e(i, data=bytes(100 * i)) for i in range(1, 6)]   # 100, 200, ... 500 bytes
     disk.append("f", batch)
     mem.append("f", batch)
     for limit, want in [(None, 5), (0, 1), (99, 1), (300, 2), (600, 3), (10_000, 5)]:
         assert [e.index for e in disk.read("f", 1, 9, limit)] == list(range(1, want + 1))
         assert disk.read("f", 1, 9, limit) == mem.read("f", 1, 9, limit)
+
+
+def test_crash_keeps_what_was_synced_and_no_orphan(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, fsync_data=False)
+    s.append("old", [_e(1)])
+    s.put_meta("old", FileMeta(term=1, leader="node-1", created=1))
+    s.sync()
+    s.append("old", [_e(2)])                      # written to the OS: survives a process crash
+    s.put_meta("old", FileMeta(term=5, leader="node-9", created=1))  # still in memory: lost
+    s.append("new", [_e(1)])                      # its name never reached the journal
+    _crash(s)
+    s = DiskStorage(tmp_path, fsync_data=False)
+    assert s.names() == ["old"]
+    assert s.last("old") == (2, 1)
+    meta = s.meta("old")
+    assert meta is not None and (meta.term, meta.leader) == (1, "node-1")
+    assert len(list(tmp_path.glob("*.log"))) == 1  # the orphan log of "new" is gone
+
+
+def test_one_sync_commits_a_batch_of_many_files(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, fsync_data=True)
+    for i in range(1000):
+        s.append(f"f{i}", [_e(1)])
+        s.put_meta(f"f{i}", FileMeta(term=1, leader="node-1", created=1, isr=("node-1",)))
+    before = s.syncs
+    s.sync()
+    assert s.syncs - before == 1 + 1000   # one journal fsync, one fdatasync per written log
+    for i in range(1000):
+        s.put_meta(f"f{i}", FileMeta(term=2, leader="node-2", created=1, isr=("node-2",)))
+    before = s.syncs
+    s.sync()
+    assert s.syncs - before == 1          # metadata of 1000 files: one fsync
+    s.close()
+    s = DiskStorage(tmp_path)
+    meta = s.meta("f999")
+    assert meta is not None and meta.leader == "node-2" and len(s.names()) == 1000
+
+
+def test_journal_is_compacted(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path)
+    for k in range(3000):
+        s.put_meta("f", FileMeta(term=k, leader="node-1"))
+        s.sync()
+    assert len(s.journal.blocks) <= 1025
+    s.close()
+    s = DiskStorage(tmp_path)
+    meta = s.meta("f")
+    assert meta is not None and meta.term == 2999
+
+
+def test_older_format_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "abc.meta").write_text("{}")
+    with pytest.raises(StorageError, match="older on-disk format"):
+        DiskStorage(tmp_path)
+
+
+def test_tail_cache_answers_like_the_disk(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path, tail_bytes=250)
+    s.append("f", [_e(i, data=bytes([i]) * 100) for i in range(1, 6)])
+    assert len(s._tail) == 2                      # only the newest that fit are kept
+    s.truncate("f", 4)
+    s.append("f", [_e(5, term=2, data=b"new")])
+    warm = s.read("f", 1, 9)
+    s.close()
+    cold = DiskStorage(tmp_path, tail_bytes=0)
+    assert warm == cold.read("f", 1, 9) == [*(_e(i, data=bytes([i]) * 100) for i in range(1, 5)), _e(5, 2, b"new")]
