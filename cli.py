@@ -191,17 +191,6 @@ def _read_local(path: Path) -> bytes:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _write_local(path: Path, data: bytes) -> None:
-    """Whole or not at all: a temporary name, then a rename."""
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror}") from None
-
-
 def _upload(local_file: Path, name: str, at: str | None, directory: Path, create: bool) -> int:
     """Stream a local file in 1 MiB entries, with a progress bar for anything bigger than one."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -244,16 +233,14 @@ def dfs_append(local_file: Path, name: str, at: AtOpt = None, directory: DirOpt 
 @dfs_app.command("get")
 def dfs_get(name: str, local_file: Path, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
     """Fetch NAME into a local file."""
-    data = _dfs(at, directory, lambda c: c.get(name))
-    _write_local(local_file, data)
-    out.print(f"wrote {len(data)} bytes to {local_file}")
+    size = _download(name, local_file, at, directory, None)
+    out.print(f"wrote {size} bytes to {local_file}")
 
 
 @dfs_app.command("cat")
 def dfs_cat(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
     """Print NAME to stdout."""
-    data = _dfs(at, directory, lambda c: c.get(name))
-    sys.stdout.buffer.write(data)
+    _dfs(at, directory, lambda c: c.get_to(name, sys.stdout.buffer))
     sys.stdout.flush()
 
 
@@ -261,9 +248,41 @@ def dfs_cat(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> Non
 def dfs_getfromreplica(node_id: str, name: str, local_file: Path, at: AtOpt = None,
                        directory: DirOpt = DEFAULT_DIR) -> None:
     """Fetch NAME from one replica's copy (for checking replicas against each other)."""
-    data = _dfs(at, directory, lambda c: c.getfromreplica(node_id, name))
-    _write_local(local_file, data)
-    out.print(f"wrote {len(data)} bytes from {node_id}'s copy to {local_file}")
+    size = _download(name, local_file, at, directory, node_id)
+    out.print(f"wrote {size} bytes from {node_id}'s copy to {local_file}")
+
+
+def _download(name: str, path: Path, at: str | None, directory: Path, replica: str | None) -> int:
+    """Stream NAME into a temporary file beside PATH, then rename it: whole or not at all, in bounded
+    memory, with a progress bar once it is past a few MiB."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        f = open(tmp, "wb")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=out, transient=True)
+    task = bar.add_task(f"get {name}", total=None)
+    seen = 0
+
+    def progress(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen > 4 << 20 and not bar.live.is_started:
+            bar.start()
+        bar.advance(task, n)
+
+    try:
+        with f:
+            size = _dfs(at, directory, lambda c: c.get_to(name, f, replica, progress))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        bar.stop()
+        tmp.unlink(missing_ok=True)
+    return size
 
 
 @dfs_app.command("merge")

@@ -191,6 +191,28 @@ def _placeable(ids: list[str], victim: str, kind: str, avoid: str | None) -> boo
 
 
 MEMBER_LINE = re.compile(r'^ts=(\S+)Z .*msg="member (\w+)" peer=(\S+)')
+ISR_LINE = re.compile(r'^ts=(\S+)Z .*msg="hydfs isr" file=(\S+) .*isr=(\S+)')
+
+
+def _log_time(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+
+
+def isr_installed(c: dict[str, Any], node_id: str, name: str, isr: set[str], after: float) -> float:
+    """When ``node_id`` (the primary) logged that ``name``'s in-sync set became ``isr``: the end of a
+    re-replication to the millisecond, where polling ``ls`` would add up to a poll period."""
+    node = next(n for n in c["nodes"] if n["id"] == node_id)
+    try:
+        text = Path(node["log"]).read_text(errors="replace")
+    except OSError:
+        return math.nan
+    for line in text.splitlines():
+        m = ISR_LINE.match(line)
+        if m and m.group(2) == name and set(m.group(3).split(",")) == isr:
+            t = _log_time(m.group(1))
+            if t >= after - 0.01:
+                return t
+    return math.nan
 
 
 def member_events(c: dict[str, Any], after: float, before: float = math.inf) -> list[tuple[float, str, str, str]]:
@@ -204,7 +226,7 @@ def member_events(c: dict[str, Any], after: float, before: float = math.inf) -> 
         for line in text.splitlines():
             m = MEMBER_LINE.match(line)
             if m:
-                t = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+                t = _log_time(m.group(1))
                 if after - 0.01 <= t <= before:
                     out.append((t, n["id"], m.group(2), m.group(3)))
     return sorted(out)
@@ -304,6 +326,11 @@ async def rereplication_trial(b: Bench, size: int, kind: str, victim: str, avoid
     stall = await monitor.stop()
     t_end = t_done if done else time.time()
     await asyncio.sleep(0.2)  # log lines of the window are flushed
+    t_polled = t_done
+    if done:
+        t_log = isr_installed(b.c, done["replicas"][0], name, set(done["replicas"]), t0)
+        if not math.isnan(t_log):
+            t_done = t_log
     events = member_events(b.c, t0, t_end)
     fails = {}
     for t, node, ev, peer in events:
@@ -320,7 +347,8 @@ async def rereplication_trial(b: Bench, size: int, kind: str, victim: str, avoid
     rec = {"size": size, "kind": kind, "victim": victim, "new": new, "name": name, "put_s": put_s,
            "ok": done is not None, "total": t_done - t0, "detect": first - t0, "transfer": t_done - first,
            "bytes": moved, "detect_primary": by_primary - t0, "transfer_primary": t_done - by_primary,
-           "holders": len(holders), "primary_after": primary, "flaps": flaps, "stall": stall}
+           "holders": len(holders), "primary_after": primary, "flaps": flaps, "stall": stall,
+           "polled": t_polled - t0}
     with contextlib.suppress(HydfsError, asyncio.TimeoutError):
         await asyncio.wait_for(cl.rm(name), 30)
     await b.drop(cl)
@@ -549,6 +577,19 @@ async def goal_runs(b: Bench, plan: Plan) -> dict[str, Any]:
             f"{used[reps[1]] / plan.mb_appends * 1e3:.1f} / {used[reps[2]] / plan.mb_appends * 1e3:.1f} ms, "
             f"client {cpu['client (bench process)'][-1] * 1e3:.1f} ms; wall {took / plan.mb_appends * 1e3:.1f} ms")
         await cl.rm(name)
+    concurrent = []
+    writers = [b.client() for _ in range(4)]
+    for rep in range(3):
+        name = f"goal/mb-par-{rep}"
+        await cl.create(name, b"")
+        each = max(1, plan.mb_appends // 2)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_appends(w, name, block, each) for w in writers))
+        concurrent.append(len(writers) * each / (time.perf_counter() - t0))
+        say(f"  [b] {len(writers)} writers x {each} 1 MB appends at once (run {rep + 1}): {concurrent[-1]:.1f} MB/s")
+        await cl.rm(name)
+    for w in writers:
+        await b.drop(w)
     name = "goal/agree"
     await cl.create(name, b"")
     small = random.Random(12).randbytes(4 * KB)
@@ -566,7 +607,12 @@ async def goal_runs(b: Bench, plan: Plan) -> dict[str, Any]:
         f"p99 {pct(merges, 99) * 1e3:.2f} ms")
     await cl.rm(name)
     await b.drop(cl)
-    return {"mb_append_rates": rates, "merges": merges, "mb_append_cpu": cpu}
+    return {"mb_append_rates": rates, "merges": merges, "mb_append_cpu": cpu, "mb_append_concurrent": concurrent}
+
+
+async def _appends(cl: Client, name: str, block: bytes, count: int) -> None:
+    for _ in range(count):
+        await cl.append(name, block)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -575,15 +621,18 @@ async def goal_runs(b: Bench, plan: Plan) -> dict[str, Any]:
 def baselines(plan: Plan, sizes: list[int], tmp: Path) -> dict[str, Any]:
     reps = plan.raw_repeats
     payload = random.Random(3).randbytes(max(sizes))
-    out: dict[str, Any] = {"copy": {}, "copy_fsync": {}, "disk": {}}
+    out: dict[str, Any] = {"copy": {}, "copy_file": {}, "copy_fsync": {}, "disk": {}}
     for s in sizes:
         data = payload[:s]
         out["copy"][s] = median(raw.loopback_copy(data, reps))
+        out["copy_file"][s] = median(raw.loopback_copy(data, reps, tmp / "rx.bin", fsync=False))
         out["copy_fsync"][s] = median(raw.loopback_copy(data, reps, tmp / "rx.bin"))
         out["disk"][s] = median(raw.disk_write(data, tmp / "w.bin", reps))
     (tmp / "rx.bin").unlink(missing_ok=True)
     out["rate"] = {m: median([raw.loopback_rate(payload[:m], 200 if m < MB else 30) for _ in range(3)])
                    for m in (4 * KB, 40 * KB, MB)}
+    out["replicated"] = {mode: median([raw.replicated_rate(payload[:MB], 30, tmp, fsync=mode == "always")
+                                       for _ in range(3)]) for mode in ("interval", "always")}
     out["rate_stream"] = len(payload[:100 * MB]) / median(raw.loopback_copy(payload[:100 * MB], 3)) \
         if len(payload) >= 100 * MB else None
     # round trips of one file-sized message each: what 2000 sequential gets cost without HyDFS
@@ -662,12 +711,15 @@ def main() -> None:
     ap.add_argument("--only", default="1,2,3,4,5,6,7,b", help="experiments to run, e.g. 1,3 (b = the goals)")
     ap.add_argument("--out", type=Path, default=None, help="where plots and results.md go")
     ap.add_argument("--base-port", type=int, default=23000)
+    ap.add_argument("--fsync", choices=["interval", "always"], default="interval",
+                    help="the nodes' [hydfs] fsync mode (default: the default, interval)")
     a = ap.parse_args()
     plan = QUICK if a.quick else FULL
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     if not only <= {"1", "2", "3", "4", "5", "6", "7", "b"}:
         ap.error(f"--only: unknown experiments {sorted(only - set('1234567b'))}")
-    out = a.out or Path(__file__).resolve().parent / "out" / "hydfs" / ("quick" if a.quick else "")
+    out = a.out or Path(__file__).resolve().parent / "out" / "hydfs" / ("quick" if a.quick else "") / (
+        "fsync-always" if a.fsync == "always" else "")
     started = time.monotonic()
     mline = machine()
     say(f"machine: {mline}")
@@ -680,6 +732,9 @@ def main() -> None:
             f"1 MB request/response {base['rate'][MB] / MB:.0f} MB/s; 4 KB round trip {base['get_rt'] * 1e6:.0f} µs")
         cfg = Config()
         cfg.cluster.base_port, cfg.cluster.redis_base_port = a.base_port, a.base_port + 500
+        toml = t / "rainstorm.toml"   # read by the node processes
+        toml.write_text(f'[hydfs]\nfsync = "{a.fsync}"\n')
+        os.environ["RAINSTORM_CONFIG"] = str(toml)
         d = t / "cluster"
         c = local.up(d, NODES, cfg)
         say(f"cluster: {NODES} nodes up in {d}")
@@ -690,8 +745,10 @@ def main() -> None:
     res["base"] = base
     res["machine"] = mline
     res["plan"] = "quick" if a.quick else "full"
+    res["fsync"] = a.fsync
     res["command"] = "python bench/hydfs.py" + (" --quick" if a.quick else "") + \
-        (f" --only {a.only}" if a.only != ap.get_default("only") else "")
+        (f" --only {a.only}" if a.only != ap.get_default("only") else "") + \
+        (f" --fsync {a.fsync}" if a.fsync != "interval" else "")
     res["runtime_s"] = time.monotonic() - started
     from bench import hydfs_report
     hydfs_report.report(res, plan, out, console)

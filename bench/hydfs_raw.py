@@ -4,7 +4,10 @@
   bytes and answers one byte; optionally it writes them to a file and fsyncs before answering);
 * ``loopback_rate``: sequential request/response messages (send one message, wait for the 1-byte
   answer), the same pattern as sequential appends;
-* ``disk_write``: write the bytes to a local file and fsync it.
+* ``disk_write``: write the bytes to a local file and fsync it;
+* ``replicated_rate``: the least any 3-way replicated append can do: a client sends each message to
+  a forwarder that writes it to a file and sends it on to two receivers that write it to theirs; the
+  client's answer comes once both have it (sequential, like the appends measured against it).
 
 Threads and blocking sockets: the sockets release the GIL, so sender and receiver run in parallel
 as two processes would.
@@ -26,8 +29,11 @@ BUF = 1 << 20
 class _Receiver:
     """Accepts one connection; each message is ``length | bytes``; answers ``b"k"`` after each."""
 
-    def __init__(self, to_disk: Path | None = None) -> None:
+    def __init__(self, to_disk: Path | None = None, fsync: bool = True,
+                 forward: list[int] | None = None) -> None:
         self.to_disk = to_disk
+        self.fsync = fsync
+        self.forward = forward or []  # ports of receivers each message is sent on to
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.error: BaseException | None = None
@@ -41,6 +47,7 @@ class _Receiver:
             conn.settimeout(30)
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nexts = [_connect(p) for p in self.forward]
                 buf = bytearray(BUF)
                 view = memoryview(buf)
                 while True:
@@ -48,21 +55,31 @@ class _Receiver:
                     if len(head) < HEADER.size:
                         return
                     (left,) = HEADER.unpack(head)
-                    out = open(self.to_disk, "wb") if self.to_disk else None
+                    for nx in nexts:
+                        nx.sendall(head)
+                    if self.to_disk and not self.forward:
+                        self.to_disk.unlink(missing_ok=True)  # a new file, as a new replica writes one
+                    out = open(self.to_disk, "ab" if self.forward else "wb") if self.to_disk else None
                     try:
                         while left:
                             n = conn.recv_into(view, min(BUF, left))
                             if n == 0:
                                 return
+                            for nx in nexts:
+                                nx.sendall(view[:n])
                             if out is not None:
                                 out.write(view[:n])
                             left -= n
                         if out is not None:
                             out.flush()
-                            os.fsync(out.fileno())
+                            if self.fsync:
+                                os.fsync(out.fileno())
                     finally:
                         if out is not None:
                             out.close()
+                    for nx in nexts:
+                        if nx.recv(1) != b"k":
+                            return
                     conn.sendall(b"k")
         except BaseException as exc:  # surfaced by the caller
             self.error = exc
@@ -83,11 +100,11 @@ def _send(s: socket.socket, data: bytes) -> None:
         raise ConnectionError("loopback receiver did not answer")
 
 
-def loopback_copy(data: bytes, repeats: int, to_disk: Path | None = None) -> list[float]:
-    """Seconds to copy ``data`` to a receiver (and its fsync'd file if ``to_disk``), once per repeat.
-
-    The connection is set up before the clock starts, as HyDFS's node-to-node connections are."""
-    rx = _Receiver(to_disk)
+def loopback_copy(data: bytes, repeats: int, to_disk: Path | None = None, fsync: bool = True) -> list[float]:
+    """Seconds to copy ``data`` to a receiver (and into its file if ``to_disk``, fsynced if ``fsync``),
+    once per repeat. The connection is set up before the clock starts, as HyDFS's node-to-node
+    connections are."""
+    rx = _Receiver(to_disk, fsync)
     out = []
     with _connect(rx.port) as s:
         _send(s, b"warm")
@@ -113,6 +130,26 @@ def loopback_rate(msg: bytes, count: int) -> float:
     rx.thread.join(10)
     if rx.error:
         raise rx.error
+    return len(msg) * count / took
+
+
+def replicated_rate(msg: bytes, count: int, tmp: Path, fsync: bool) -> float:
+    """Bytes per second for ``count`` sequential messages, each written to three files (fsynced if
+    ``fsync``) on a forwarder and two receivers before the client has its answer."""
+    tails = [_Receiver(tmp / f"r{k}.bin", fsync) for k in (1, 2)]
+    head = _Receiver(tmp / "r0.bin", fsync, forward=[t.port for t in tails])
+    with _connect(head.port) as s:
+        _send(s, msg)
+        t0 = time.perf_counter()
+        for _ in range(count):
+            _send(s, msg)
+        took = time.perf_counter() - t0
+    for rx in (head, *tails):
+        rx.thread.join(10)
+        if rx.error:
+            raise rx.error
+    for k in range(3):
+        (tmp / f"r{k}.bin").unlink(missing_ok=True)
     return len(msg) * count / took
 
 

@@ -180,11 +180,43 @@ class Client:
         self.cache.put(name, res.index or 0, data)
         return data
 
+    async def get_to(self, name: str, f: BinaryIO, replica: str | None = None,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Write NAME's committed bytes to ``f`` page by page (about 1 MiB each), so memory stays
+        bounded whatever the size; returns the bytes written. ``f`` must be seekable if this client
+        appended to NAME (a copy staler than our own appends makes the read start over)."""
+        written = 0
+
+        def sink(page: list[tuple[int, bytes]], start_over: bool) -> None:
+            nonlocal written
+            if start_over:
+                f.seek(0)
+                f.truncate()
+                written = 0
+            for _, data in page:
+                f.write(data)
+                written += len(data)
+                if progress:
+                    progress(len(data))
+
+        if replica is not None:
+            def attempt(now: float) -> int:
+                sink([], True)  # a retry after "not ready" starts from the first byte again
+                return self.core.get(name, now, replica=replica, sink=sink)
+
+            await self._from_replica(replica, name, attempt)
+        else:
+            await self._op(name, lambda now: self.core.get(name, now, sink=sink))
+        return written
+
     async def get_entries(self, name: str) -> list[tuple[int, bytes]]:
         """Committed entries as (index, data): how the stream layer reads logs."""
         return (await self._op(name, lambda now: self.core.get(name, now))).entries
 
     async def getfromreplica(self, node_id: str, name: str) -> bytes:
+        return (await self._from_replica(node_id, name, lambda now: self.core.get(name, now, replica=node_id))).data
+
+    async def _from_replica(self, node_id: str, name: str, start: Any) -> Result:
         if not self.addrs:
             await self.refresh()
         if node_id not in self.addrs:
@@ -192,7 +224,7 @@ class Client:
         deadline = self.clock() + self.timeout
         while True:
             try:
-                return (await self._op(name, lambda now: self.core.get(name, now, replica=node_id))).data
+                return await self._op(name, start)
             except HydfsError as exc:
                 # a replica that just (re)joined vouches for its copy only once a primary confirmed it
                 if exc.code != "not_ready" or self.clock() > deadline:

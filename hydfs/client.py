@@ -12,7 +12,7 @@ seq it used): two incarnations reusing (id, seq) would be taken for retries of e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,9 @@ class Result:
         return b"".join(d for _, d in self.entries)
 
 
+Sink = Callable[[list[tuple[int, bytes]], bool], None]  # (page, start over): a get's pages as they come
+
+
 @dataclass
 class _Op:
     op_id: int
@@ -44,6 +47,7 @@ class _Op:
     replica: str | None = None
     entries: list[tuple[int, bytes]] = field(default_factory=list)
     attempts: int = 0
+    sink: Sink | None = None
 
 
 class ClientCore:
@@ -79,9 +83,12 @@ class ClientCore:
             key = (self.client_id, self.seq)
         return self._start("c_append", name, {"client": key[0], "seq": key[1], "data": data, "cond": cond}, now)
 
-    def get(self, name: str, now: float, replica: str | None = None) -> int:
+    def get(self, name: str, now: float, replica: str | None = None, sink: Sink | None = None) -> int:
+        """With ``sink``, each page goes to ``sink(page, False)`` as it arrives instead of into the result
+        (a large file never has to be in memory); ``sink([], True)`` means: drop what you got, it
+        starts over (the copy was staler than our own appends)."""
         return self._start("c_get", name, {"start": 1, "limit": self.page, "replica_ok": replica is not None},
-                           now, replica=replica)
+                           now, replica=replica, sink=sink)
 
     def merge(self, name: str, now: float) -> int:
         return self._start("c_merge", name, {}, now)
@@ -147,10 +154,11 @@ class ClientCore:
 
     # ----------------------------------------------------------------- internals
 
-    def _start(self, kind: str, name: str, fields: dict[str, Any], now: float, replica: str | None = None) -> int:
+    def _start(self, kind: str, name: str, fields: dict[str, Any], now: float, replica: str | None = None,
+               sink: Sink | None = None) -> int:
         op_id = self._next_op
         self._next_op += 1
-        op = _Op(op_id, kind, name, {"t": kind, "f": name, **fields}, replica=replica)
+        op = _Op(op_id, kind, name, {"t": kind, "f": name, **fields}, replica=replica, sink=sink)
         self._send(op, None, now, new_rid=True)
         return op_id
 
@@ -180,10 +188,15 @@ class ClientCore:
             # Older than our own acknowledged append: a stale copy. Start over at the primary.
             self.stats["stale_reads"] += 1
             op.entries, op.replica = [], None
+            if op.sink is not None:
+                op.sink([], True)
             op.msg["start"] = 1
             op.sent = now - self.retry / 2
             return
-        op.entries.extend(items)
+        if op.sink is not None:
+            op.sink(items, False)
+        else:
+            op.entries.extend(items)
         if items and items[-1][0] < commit:
             op.msg["start"] = items[-1][0] + 1
             self._send(op, src, now, new_rid=True)

@@ -46,6 +46,7 @@ class NodeCore:
         self.retry_at: dict[str, float] = {}       # no takeover of the file before this time
         self.stats: Counter[str] = Counter()
         self._out: list[tuple[str, Msg]] = []
+        self._notes: list[tuple[str, dict[str, Any]]] = []
         self._next_scan = -math.inf
         self.quiet_until = math.inf  # set when we first see ourselves alive (see settled())
 
@@ -53,6 +54,10 @@ class NodeCore:
 
     def take_outgoing(self) -> list[tuple[str, dict[str, Any]]]:
         out, self._out = self._out, []
+        return out
+
+    def take_notes(self) -> list[tuple[str, dict[str, Any]]]:
+        out, self._notes = self._notes, []
         return out
 
     def on_membership(self, alive: Iterable[str], now: float) -> None:
@@ -126,6 +131,10 @@ class NodeCore:
 
     def send(self, dest: str, msg: dict[str, Any]) -> None:
         self._out.append((dest, msg))
+
+    def note(self, event: str, **fields: Any) -> None:
+        if len(self._notes) < 10_000:  # an edge that never reads them cannot make us grow
+            self._notes.append((event, fields))
 
     def vol(self, name: str) -> FileVol:
         v = self.vols.get(name)

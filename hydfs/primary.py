@@ -410,6 +410,7 @@ class Leader:
             return
         self.pending = None
         self.ver, self.isr = p.ver, p.isr
+        self.h.note("isr", file=self.name, term=self.term, kind=p.kind, isr=",".join(p.isr), last=self.last)
         for x in p.isr:
             if x in self.peers:
                 self.peers[x].ver = p.ver

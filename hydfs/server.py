@@ -145,6 +145,8 @@ class HydfsServer:
                 await asyncio.to_thread(_fdatasync_all, fds)
 
     def _flush(self) -> None:
+        for event, fields in self.core.take_notes():
+            log.info("hydfs %s", event, extra=fields)
         out = self.core.take_outgoing()
         if not out:
             return

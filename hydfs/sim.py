@@ -205,6 +205,9 @@ class Sim:
         ep: NodeCore | ClientCore | None = self.clients.get(src) or self.nodes[src].core
         if ep is None:
             return
+        if isinstance(ep, NodeCore):
+            for event, _fields in ep.take_notes():
+                self.stats[f"note.{event}"] += 1
         for dest, msg in ep.take_outgoing():
             self.stats["sent"] += 1
             if self.trace is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -233,3 +234,37 @@ def test_streamed_create_in_chunks(c5: LocalCluster) -> None:
         assert await new().get("big.bin") == blob            # ...and leaves the existing file alone
 
     run(c5, body)
+
+
+def _cli_peak(c: LocalCluster, cwd: Any, *args: str) -> tuple[str, int]:
+    """Run the real `rainstorm` command; its stdout and its peak resident memory in bytes."""
+    import subprocess
+    import sys
+
+    wrapper = ("import resource, sys, cli\n"
+               "try:\n    cli.main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+               "sys.stderr.write(f'\\nmaxrss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\n"
+               "sys.exit(code)\n")
+    res = subprocess.run([sys.executable, "-c", wrapper, *args, "--at", c.addr("node-2")], cwd=cwd,
+                         capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "RAINSTORM_SECRET": c.data["secret"],
+                              "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert res.returncode == 0, res.stderr
+    return res.stdout, int(res.stderr.rsplit("maxrss=", 1)[1]) * 1024
+
+
+def test_cli_moves_a_large_file_in_bounded_memory(c5: LocalCluster, tmp_path: Path) -> None:
+    size = 64 << 20
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for k in range(64):
+            f.write(hashlib.sha256(b"%d" % k).digest() * (1 << 15))   # 1 MiB blocks that differ
+    _, idle = _cli_peak(c5, tmp_path, "dfs", "list")
+    _, up = _cli_peak(c5, tmp_path, "dfs", "create", str(src), "cli/big.bin")
+    outp, down = _cli_peak(c5, tmp_path, "dfs", "get", "cli/big.bin", str(tmp_path / "back.bin"))
+    assert f"wrote {size} bytes" in outp
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    assert not list(tmp_path.glob(".*.part"))
+    # a whole copy in memory would add 64 MiB; streaming adds a few 1 MiB pages and frames
+    assert up - idle < size // 4 and down - idle < size // 4, (idle, up, down)
+    print("peak rss MiB: idle", idle >> 20, "create", up >> 20, "get", down >> 20)

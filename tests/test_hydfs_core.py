@@ -297,6 +297,19 @@ def test_unacknowledged_tail_is_never_read() -> None:
     assert get(sim).data == b"h;tail;"
 
 
+def test_a_get_can_hand_over_its_pages_as_they_come() -> None:
+    sim = cluster(3)
+    make(sim, b"h;")
+    for i in range(6):
+        append(sim, b"%d;" % i)
+    c = sim.client("pager")
+    c.page = 2
+    pages: list[tuple[list[int], bool]] = []
+    res = sim.wait("pager", c.get(F, sim.now, sink=lambda page, over: pages.append(([i for i, _ in page], over))))
+    assert res.ok and res.entries == [] and res.index == 7
+    assert pages == [([1, 2], False), ([3, 4], False), ([5, 6], False), ([7], False)]
+
+
 def test_a_client_always_sees_its_own_appends() -> None:
     sim = cluster(3)
     make(sim, b"h;")
@@ -308,6 +321,15 @@ def test_a_client_always_sees_its_own_appends() -> None:
     r = sim.wait("me", c.get(F, sim.now, replica=r1))
     assert r.data == b"h;mine;"
     assert c.stats["stale_reads"] == 1
+    got: list[bytes] = []   # the same read, handed over page by page: told to start over, then right
+
+    def sink(page: list[tuple[int, bytes]], over: bool) -> None:
+        if over:
+            got.clear()
+        got.extend(d for _, d in page)
+
+    assert sim.wait("me", c.get(F, sim.now, replica=r1, sink=sink)).ok
+    assert b"".join(got) == b"h;mine;" and c.stats["stale_reads"] == 2
 
 
 # ----------------------------------------------------------------- merge
