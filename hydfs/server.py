@@ -1,7 +1,8 @@
 """The asyncio edge of a HyDFS node: moves :class:`hydfs.node_core.NodeCore` messages over RPC.
 
-* node -> node: one-way batches (``hydfs.msgs``), one ordered sender per destination; a failed
-  send drops the batch, which the core treats like network loss (it retries by itself).
+* node -> node: batches (``hydfs.msgs``), one ordered sender per destination; what the receiver has
+  to say to the sender right away (acks) comes back in the RPC's answer, saving a round trip. A
+  failed send drops the batch, which the core treats like network loss (it retries by itself).
 * client -> node: ``hydfs.client`` hands a client's message to the core and long-polls that
   client's mailbox, so replies the core sends later (after replication) still reach it.
 Membership comes in only through :class:`gossip.types.MembershipView`.
@@ -144,27 +145,33 @@ class HydfsServer:
             if fds:
                 await asyncio.to_thread(_fdatasync_all, fds)
 
-    def _flush(self) -> None:
+    def _flush(self, reply_to: str | None = None) -> list[dict[str, Any]]:
+        """Send what the core has to say, after making what it wrote durable. Messages for ``reply_to``
+        (the node whose batch we are handling) are returned instead: they ride on the RPC's answer."""
+        back: list[dict[str, Any]] = []
+        out = self.core.take_outgoing()
+        while out:
+            self.storage.sync()  # persist, then send: nobody hears of a write a crash could undo
+            for dest, msg in out:
+                if dest == self.node_id:
+                    self.core.receive(self.node_id, msg, self.clock())
+                elif dest == reply_to:
+                    back.append(msg)
+                elif dest in self.addrs:
+                    self._queues[dest].append(msg)
+                    self._wakers[dest].set()
+                    if dest not in self._senders or self._senders[dest].done():
+                        self._senders[dest] = asyncio.create_task(self._sender(dest))
+                else:
+                    box = self._mail.get(dest)
+                    if box is None:
+                        box = self._mail[dest] = _Mailbox()
+                    box.msgs.append(msg)
+                    box.event.set()
+            out = self.core.take_outgoing()
         for event, fields in self.core.take_notes():
             log.info("hydfs %s", event, extra=fields)
-        out = self.core.take_outgoing()
-        if not out:
-            return
-        self.storage.sync()  # persist, then send: nobody hears of a write a crash could undo
-        for dest, msg in out:
-            if dest == self.node_id:
-                self.core.receive(self.node_id, msg, self.clock())
-            elif dest in self.addrs:
-                self._queues[dest].append(msg)
-                self._wakers[dest].set()
-                if dest not in self._senders or self._senders[dest].done():
-                    self._senders[dest] = asyncio.create_task(self._sender(dest))
-            else:
-                box = self._mail.get(dest)
-                if box is None:
-                    box = self._mail[dest] = _Mailbox()
-                box.msgs.append(msg)
-                box.event.set()
+        return back
 
     async def _sender(self, dest: str) -> None:
         """Ship ``dest``'s queue in batches, in order; one batch in flight at a time."""
@@ -181,21 +188,27 @@ class HydfsServer:
             if addr is None:
                 continue  # not alive any more: as if lost
             try:
-                await self.rpc_client.call(addr, "hydfs.msgs", {"src": self.node_id, "ms": batch}, timeout=5.0)
+                answers = await self.rpc_client.call(addr, "hydfs.msgs", {"src": self.node_id, "ms": batch},
+                                                     timeout=5.0)
+                if isinstance(answers, list) and answers:
+                    now = self.clock()
+                    for m in answers:
+                        self.core.receive(dest, m, now)
+                    self._flush()
             except (Unreachable, Exception) as exc:  # the protocol resends what matters
                 log.debug("send to %s failed: %s", dest, exc)
                 await asyncio.sleep(0.05)
 
     # -- RPC handlers ---------------------------------------------------------------------------
-    async def _on_msgs(self, a: dict[str, Any]) -> None:
+    async def _on_msgs(self, a: dict[str, Any]) -> list[dict[str, Any]]:
         src, msgs = a.get("src"), a.get("ms")
         if not isinstance(src, str) or not isinstance(msgs, list):
             self.core.stats["malformed"] += 1
-            return
+            return []
         now = self.clock()
         for m in msgs:
             self.core.receive(src, m, now)
-        self._flush()
+        return self._flush(reply_to=src if src in self.addrs else None)
 
     async def _on_client(self, a: dict[str, Any]) -> list[dict[str, Any]]:
         src, msg, wait = a.get("src"), a.get("m"), a.get("wait", 0)
