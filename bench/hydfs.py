@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -713,8 +714,12 @@ def main() -> None:
     ap.add_argument("--base-port", type=int, default=23000)
     ap.add_argument("--fsync", choices=["interval", "always"], default="interval",
                     help="the nodes' [hydfs] fsync mode (default: the default, interval)")
+    ap.add_argument("--sizes", default=None, help="experiment 1 file sizes instead of the plan's, e.g. 20MB,100MB")
     a = ap.parse_args()
     plan = QUICK if a.quick else FULL
+    if a.sizes:
+        sizes = [parse_size(x) for x in a.sizes.split(",")]
+        plan = dataclasses.replace(plan, sizes=sizes, primary_sizes=sizes)
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     if not only <= {"1", "2", "3", "4", "5", "6", "7", "b"}:
         ap.error(f"--only: unknown experiments {sorted(only - set('1234567b'))}")
@@ -748,7 +753,7 @@ def main() -> None:
     res["fsync"] = a.fsync
     res["command"] = "python bench/hydfs.py" + (" --quick" if a.quick else "") + \
         (f" --only {a.only}" if a.only != ap.get_default("only") else "") + \
-        (f" --fsync {a.fsync}" if a.fsync != "interval" else "")
+        (f" --fsync {a.fsync}" if a.fsync != "interval" else "") + (f" --sizes {a.sizes}" if a.sizes else "")
     res["runtime_s"] = time.monotonic() - started
     from bench import hydfs_report
     hydfs_report.report(res, plan, out, console)

@@ -38,17 +38,27 @@ class ServerConfig:
     #                               replica; "interval": once in their OS page cache, on disk within
     #                               fsync_interval (metadata is always on disk before anyone hears of it)
     fsync_interval: float = 0.2   # how often written logs are fdatasynced in "interval" mode
+    send_bytes: int = 2 << 20     # entry data per node-to-node RPC
+    send_inflight: int = 4        # RPCs to one node unanswered at a time
 
     def check(self) -> str | None:
         """What is wrong with these settings, if anything (one line)."""
         if self.fsync not in FSYNC_MODES:
             return f"fsync must be one of {', '.join(FSYNC_MODES)}, not {self.fsync!r}"
-        if self.fsync_interval <= 0 or self.tick <= 0:
-            return "fsync_interval and tick must be positive"
+        if self.fsync_interval <= 0 or self.tick <= 0 or self.send_bytes <= 0 or self.send_inflight < 1:
+            return "fsync_interval, tick, send_bytes and send_inflight must be positive"
         return None
 
 
 FSYNC_MODES = ("always", "interval")
+
+
+def _data_size(msg: dict[str, Any]) -> int:
+    """Bytes of entry data a protocol message carries (appends and fetch answers)."""
+    entries = msg.get("entries")
+    if not isinstance(entries, list):
+        return 0
+    return sum(len(e[4]) for e in entries if isinstance(e, list) and len(e) > 4 and isinstance(e[4], bytes))
 
 
 def _fdatasync_all(fds: list[int]) -> None:
@@ -174,30 +184,49 @@ class HydfsServer:
         return back
 
     async def _sender(self, dest: str) -> None:
-        """Ship ``dest``'s queue in batches, in order; one batch in flight at a time."""
+        """Ship ``dest``'s queue in order, in batches of about ``send_bytes`` of entry data, with up to
+        ``send_inflight`` batches unanswered: a replica being filled receives the next batch while it
+        writes the last one, and acks ride back on the answers."""
+        inflight: set[asyncio.Task[None]] = set()
         while True:
-            if not self._queues[dest]:
+            queue = self._queues[dest]
+            if not queue:
                 self._wakers[dest].clear()
                 try:
                     await asyncio.wait_for(self._wakers[dest].wait(), 30)
                 except TimeoutError:
-                    return
+                    if not inflight:
+                        return
                 continue
-            batch, self._queues[dest] = self._queues[dest], []
+            if len(inflight) >= self.cfg.send_inflight:
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
             addr = self.addrs.get(dest)
             if addr is None:
-                continue  # not alive any more: as if lost
-            try:
-                answers = await self.rpc_client.call(addr, "hydfs.msgs", {"src": self.node_id, "ms": batch},
-                                                     timeout=5.0)
-                if isinstance(answers, list) and answers:
-                    now = self.clock()
-                    for m in answers:
-                        self.core.receive(dest, m, now)
-                    self._flush()
-            except (Unreachable, Exception) as exc:  # the protocol resends what matters
-                log.debug("send to %s failed: %s", dest, exc)
-                await asyncio.sleep(0.05)
+                queue.clear()  # not alive any more: as if lost
+                continue
+            size, k = 0, 0
+            while k < len(queue) and (k == 0 or size < self.cfg.send_bytes):
+                size += _data_size(queue[k])
+                k += 1
+            batch = queue[:k]
+            del queue[:k]
+            t = asyncio.create_task(self._call(dest, addr, batch))
+            inflight.add(t)
+            t.add_done_callback(inflight.discard)
+
+    async def _call(self, dest: str, addr: str, batch: list[dict[str, Any]]) -> None:
+        try:
+            answers = await self.rpc_client.call(addr, "hydfs.msgs", {"src": self.node_id, "ms": batch}, timeout=5.0)
+        except (Unreachable, Exception) as exc:  # the protocol resends what matters
+            log.debug("send to %s failed: %s", dest, exc)
+            await asyncio.sleep(0.05)
+            return
+        if isinstance(answers, list) and answers:
+            now = self.clock()
+            for m in answers:
+                self.core.receive(dest, m, now)
+            self._flush()
 
     # -- RPC handlers ---------------------------------------------------------------------------
     async def _on_msgs(self, a: dict[str, Any]) -> list[dict[str, Any]]:
