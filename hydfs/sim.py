@@ -39,8 +39,10 @@ class Sim:
     def __init__(self, node_ids: Iterable[str], seed: int = 0, *, drop: float = 0.0,
                  delay: tuple[float, float] = (0.001, 0.01), detect: float = 0.5, tick: float = 0.05,
                  config: CoreConfig | None = None, client_retry: float = 1.0, down: Iterable[str] = (),
-                 skew: float = 0.0) -> None:
+                 skew: float = 0.0, flush_every: float = 0.2) -> None:
         self.rng = random.Random(seed)
+        self.flush_every = flush_every
+        self._next_flush = flush_every
         self.now = 0.0
         self.drop = drop
         self.delay = delay
@@ -85,6 +87,13 @@ class Sim:
             node.core = None
             self.stats["crashes"] += 1
             self._push(self.now + self.detect, "members", None)
+
+    def power_off(self, node_id: str) -> None:
+        """A machine crash under ``fsync = "interval"``: the node crashes and each of its logs loses a
+        random part of what it wrote since the last periodic flush (``flush_every``)."""
+        self.crash(node_id)
+        self.nodes[node_id].storage.lose_unflushed(lambda lo, hi: self.rng.randint(lo, hi))
+        self.stats["power_offs"] += 1
 
     def restart(self, node_id: str) -> None:
         """Start a crashed node again on its old storage (or a node that was never up: a join)."""
@@ -170,6 +179,11 @@ class Sim:
             for cid, c in self.clients.items():
                 c.tick(self.now)
                 self._flush(cid)
+            if self.now >= self._next_flush:
+                self._next_flush = self.now + self.flush_every
+                for node in self.nodes.values():
+                    if node.core is not None:
+                        node.storage.flush_data()
             self._push(self.now + self.tick_every, "tick", None)
         elif kind == "members":
             alive = frozenset(self.oracle())

@@ -7,7 +7,7 @@ idempotency/fence tables are rebuilt after a restart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -113,6 +113,18 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._files: dict[str, _MemFile] = {}
         self.writes = 0
+        self.flushed: dict[str, int] = {}  # entries known on disk, for the simulator's machine crashes
+
+    def flush_data(self) -> None:
+        """What ``fsync = "interval"`` does every ``fsync_interval``: the logs so far reach the disk."""
+        self.flushed = {n: len(f.entries) for n, f in self._files.items()}
+
+    def lose_unflushed(self, pick: Callable[[int, int], int]) -> None:
+        """A machine crash: each log keeps ``pick(flushed, length)`` entries (some of what the page cache
+        held may have reached the disk), metadata stays (it is always synced before it is sent)."""
+        for name, f in self._files.items():
+            keep = pick(min(self.flushed.get(name, 0), len(f.entries)), len(f.entries))
+            self.truncate(name, keep)
 
     def names(self) -> list[str]:
         return sorted(self._files)
@@ -158,6 +170,8 @@ class MemoryStorage:
             del f.entries[max(keep, 0):]
             cut_runs(f.runs, keep)
             self.writes += 1
+            if self.flushed.get(name, 0) > keep:
+                self.flushed[name] = keep  # a truncation is synced at once (see hydfs.blockfile)
 
     def drop(self, name: str) -> None:
         self._files.pop(name, None)
