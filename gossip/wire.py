@@ -1,9 +1,14 @@
-"""Authenticated, versioned msgpack frames: the only bytes any node accepts from another.
+"""Authenticated, versioned msgpack frames: the only bytes any node accepts from another over UDP.
 
-A frame is ``version (1 byte) | mac (16 bytes) | msgpack body``. The MAC is HMAC-SHA256 under a key
-derived from the cluster secret, over the version byte and the body, truncated to 128 bits. A frame
-that fails any check raises :class:`FrameError` with a short reason that callers count; nothing
-from the network is trusted before :func:`decode` returns.
+A gossip datagram is ``version (1 byte) | mac (16 bytes) | msgpack body``. The MAC is HMAC-SHA256
+under a key derived from the cluster secret, over the version byte and the body, truncated to 128
+bits. A frame that fails any check raises :class:`FrameError` with a short reason that callers count;
+nothing from the network is trusted before :func:`decode` returns. Datagrams carry no replay protection
+of their own: a captured one sent again later still verifies, so gossip must treat it as an old duplicate.
+
+TCP (:mod:`gossip.rpc`) does not use these frames: it runs per-connection session keys and AES-GMAC
+tags, see :mod:`gossip.session`, and shares only :data:`LENGTH`, :data:`MAX_FRAME`,
+:class:`FrameError` and :class:`FrameStats` from here.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import msgpack
 VERSION = 1
 MAC_LEN = 16
 HEADER_LEN = 1 + MAC_LEN
-LENGTH = struct.Struct(">I")  # TCP length prefix
+LENGTH = struct.Struct(">I")  # the TCP frames' length prefix (gossip.session)
 MAX_FRAME = 256 * 1024 * 1024  # a frame larger than this is garbage, not a message
 
 
@@ -64,4 +69,5 @@ def decode(key: bytes, frame: bytes) -> Any:
 
 
 class FrameStats(Counter[str]):
-    """Dropped-frame counters by reason (``mac``, ``version``, ``short``, ``body``, ``schema``)."""
+    """Dropped-frame counters by reason: UDP ``mac``, ``version``, ``short``, ``body``; TCP ``hello``, ``size``,
+    ``mac``, ``body``, ``schema`` (one counter set per node, so ``mac`` and ``body`` count both)."""
