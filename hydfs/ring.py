@@ -23,12 +23,13 @@ def position(x: str) -> int:
 class Ring:
     """An immutable ring over a set of node ids; ties on position break by id so order is total."""
 
-    __slots__ = ("_ids", "_pos")
+    __slots__ = ("_ids", "_memo", "_pos")
 
     def __init__(self, node_ids: Iterable[str] = ()) -> None:
         ids = sorted(set(node_ids), key=lambda n: (position(n), n))
         self._ids: tuple[str, ...] = tuple(ids)
         self._pos: tuple[int, ...] = tuple(position(n) for n in ids)
+        self._memo: dict[tuple[str, int], tuple[str, ...]] = {}  # a ring never changes: placements stay
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -43,11 +44,16 @@ class Ring:
 
     def replicas(self, name: str, n: int = 3) -> list[str]:
         """The first ``n`` distinct successors of ``name`` (fewer if the ring is smaller)."""
-        if not self._ids or n <= 0:
-            return []
-        start = bisect_left(self._pos, position(name))
-        size = len(self._ids)
-        return [self._ids[(start + k) % size] for k in range(min(n, size))]
+        got = self._memo.get((name, n))
+        if got is None:
+            if not self._ids or n <= 0:
+                return []
+            start = bisect_left(self._pos, position(name))
+            size = len(self._ids)
+            got = tuple(self._ids[(start + k) % size] for k in range(min(n, size)))
+            if len(self._memo) < 100_000:
+                self._memo[(name, n)] = got
+        return list(got)
 
     def primary(self, name: str) -> str | None:
         reps = self.replicas(name, 1)

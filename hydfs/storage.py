@@ -8,7 +8,7 @@ idempotency/fence tables are rebuilt after a restart.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hydfs.entries import Entry, Runs, cut_runs, extend_runs
@@ -26,7 +26,8 @@ class FileMeta:
     isr: tuple[str, ...] = field(default=())
 
     def copy(self) -> FileMeta:
-        return replace(self)
+        # every storage read hands out a copy: the constructor is ~3x cheaper than dataclasses.replace
+        return FileMeta(self.term, self.leader, self.created, self.deleted, self.ver, self.isr)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain msgpack-able form, for storage implementations that serialise it."""
