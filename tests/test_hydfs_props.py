@@ -124,7 +124,8 @@ def run(w: Workload, settle: float = 8.0) -> Outcome:
         out = {n for n in ids if not sim.nodes[n].up} | (set(ids) - sim.oracle()) | powered
         if what == "crash" and (len(out) < 2 or node in out):
             sim.crash(node)
-        elif what == "power" and len(out) < 2 and node not in out and _held_elsewhere(sim, apps.acked, powered | {node}):
+        elif what == "power" and len(out) < 2 and node not in out and _held_elsewhere(
+                sim, apps.acked, powered | {node}):
             sim.power_off(node)
             powered.add(node)
         elif what == "restart":
