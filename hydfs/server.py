@@ -37,7 +37,7 @@ class ServerConfig:
     fsync: str = "interval"       # "always": an append is acknowledged once on disk at every in-sync
     #                               replica; "interval": once in their OS page cache, on disk within
     #                               fsync_interval (metadata is always on disk before anyone hears of it)
-    fsync_interval: float = 0.2   # how often written logs are fdatasynced in "interval" mode
+    fsync_interval: float = 1.0   # how often written logs are fdatasynced in "interval" mode (as Redis everysec)
     send_bytes: int = 2 << 20     # entry data per node-to-node RPC
     send_inflight: int = 4        # RPCs to one node unanswered at a time
 

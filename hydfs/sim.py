@@ -39,7 +39,7 @@ class Sim:
     def __init__(self, node_ids: Iterable[str], seed: int = 0, *, drop: float = 0.0,
                  delay: tuple[float, float] = (0.001, 0.01), detect: float = 0.5, tick: float = 0.05,
                  config: CoreConfig | None = None, client_retry: float = 1.0, down: Iterable[str] = (),
-                 skew: float = 0.0, flush_every: float = 0.2) -> None:
+                 skew: float = 0.0, flush_every: float = 1.0) -> None:
         self.rng = random.Random(seed)
         self.flush_every = flush_every
         self._next_flush = flush_every
