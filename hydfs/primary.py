@@ -660,8 +660,11 @@ class Leader:
     def _create(self, src: str, m: Msg, now: float) -> None:
         if self.created is not None:
             first = self.h.storage.read(self.name, 1, 2)
-            if first and (first[0].client_id, first[0].client_seq) == (m["client"], m["seq"]):
-                self._append(src, m, now)  # a retry of the create that made this file
+            if not first or (first[0].client_id, first[0].client_seq) == (m["client"], m["seq"]):
+                # A retry of the create that made this file - or of one whose first entry died with
+                # its primary after the file's in-sync set was installed: a file is created by its
+                # first entry, so whoever writes entry 1 of an empty incarnation created it.
+                self._append(src, m, now)
             else:
                 self.h.send(src, reply(m["rid"], EXISTS))
             return

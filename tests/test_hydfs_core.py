@@ -95,6 +95,27 @@ def test_create_of_an_existing_name_fails_but_its_own_retry_succeeds() -> None:
     assert get(sim).data == b"x"
 
 
+def test_a_create_whose_first_entry_died_with_the_primary_is_finished_by_its_retry() -> None:
+    """hydfs-bench finding 4: the create's in-sync set reached the replicas, its entry did not, then
+    the primary died. The new primary holds a created, empty file; the client's retry of its create
+    must finish it, not be told the name exists (and leave an empty file behind)."""
+    sim = cluster()
+    p = owners(sim)[0]
+    c = sim.client("a")
+    sim.hooks.append(lambda src, dest, msg: not (msg.get("t") == "append" and msg.get("entries")))
+    op = c.create(F, b"payload", sim.now)
+    assert sim.run_until(lambda: (meta := sim.nodes[owners(sim)[1]].storage.meta(F)) is not None
+                         and meta.created is not None, sim.now + 5)
+    sim.run_for(0.05)
+    sim.crash(p)
+    sim.hooks.clear()
+    r = sim.wait("a", op)  # the client retries with the same (client id, seq) at the new primary
+    assert r.ok and r.index == 1, r
+    assert get(sim).data == b"payload"
+    r2 = do(sim, "b", lambda c, now: c.create(F, b"other", now))
+    assert not r2.ok and r2.err == EXISTS
+
+
 def test_get_and_append_of_a_missing_file() -> None:
     sim = cluster()
     assert get(sim).err == NOT_FOUND
