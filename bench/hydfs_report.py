@@ -304,6 +304,8 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
                             color=color, capsize=4, label=f"kill {kind}, {label}")
         sizes = sorted(base["copy"])
         ax.plot(sizes, [base["copy"][s] for s in sizes], ":", color="gray", label="raw loopback copy")
+        if base.get("copy_file"):
+            ax.plot(sizes, [base["copy_file"][s] for s in sizes], "--", color="gray", label="raw copy into a new file")
         ax.plot(sizes, [base["copy_fsync"][s] for s in sizes], "-.", color="black", label="loopback copy + fsync")
         ax.set_xscale("log")
         ax.set_yscale("log")
