@@ -126,7 +126,8 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
                      "Completed: runs with 3 live replicas within the timeout (times are over those). Stall: the "
                      "slowest answer of any live node to a trivial RPC, polled every 50 ms during the run. False "
                      "failure declarations: `member fail` lines about live nodes (all runs of the row).")
-        s2 = Section("2", "Experiment 2: re-replication bandwidth (bytes the new replica stored / transfer time)",
+        s2 = Section("2", "Experiment 2: re-replication bandwidth (bytes the new replica stored / time from the "
+                     "primary's detection to the new in-sync set)",
                      ["size", "killed", "bytes stored", "HyDFS MB/s", "raw loopback copy MB/s", "HyDFS / raw",
                       "copy + fsync MB/s", "HyDFS / copy+fsync"])
         for (size, kind), rs in sorted(_groups(res["1"], "size", "kind").items(),
@@ -144,7 +145,7 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
                    f"{raw * 1e3:.3g}", f"{rawc * 1e3:.3g}", f"{rawf * 1e3:.3g}", f"{disk * 1e3:.3g}",
                    ratio(mt / raw), ratio(mt / rawc), ratio(mt / rawf),
                    f"{max(r.get('stall', math.nan) for r in every):.2f}", sum(r.get("flaps", 0) for r in every))
-            bw = [r["bytes"] / r["transfer"] / MB for r in rs if r["transfer"] > 0]
+            bw = [r["bytes"] / r["transfer_primary"] / MB for r in rs if r["transfer_primary"] > 0]
             if not bw:
                 continue
             m, sd = mean_sd(bw)
@@ -298,7 +299,8 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
             groups = sorted((k[0], v) for k, v in _groups(res["1"], "size", "kind").items() if k[1] == kind)
             groups = [(sz, ok) for sz, rs in groups if (ok := [r for r in rs if r.get("ok", True)])]
             xs = [sz for sz, _ in groups]
-            for key, label, style in (("total", "incl. detection", "-"), ("transfer", "excl. detection", "--")):
+            for key, label, style in (("total", "incl. detection", "-"),
+                                      ("transfer_primary", "after the primary's detection", "--")):
                 ms_ = [mean_sd([r[key] for r in rs]) for _, rs in groups]
                 ax.errorbar(xs, [m for m, _ in ms_], yerr=[sd for _, sd in ms_], marker=marker, linestyle=style,
                             color=color, capsize=4, label=f"kill {kind}, {label}")
@@ -321,7 +323,7 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
         for kind, marker, color in zip(kinds, "os^vD", colors, strict=False):
             groups = sorted((k[0], v) for k, v in _groups(res["1"], "size", "kind").items() if k[1] == kind)
             groups = [(sz, ok) for sz, rs in groups if (ok := [r for r in rs if r.get("ok", True)])]
-            bw = [mean_sd([r["bytes"] / r["transfer"] / MB for r in rs]) for _, rs in groups]
+            bw = [mean_sd([r["bytes"] / r["transfer_primary"] / MB for r in rs]) for _, rs in groups]
             ax.errorbar([sz for sz, _ in groups], [m for m, _ in bw], yerr=[sd for _, sd in bw], marker=marker,
                         color=color, capsize=4, label=f"HyDFS re-replication, kill {kind}")
         ax.plot(sizes, [s / base["copy"][s] / MB for s in sizes], ":", color="gray", label="raw loopback copy")
