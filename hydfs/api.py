@@ -20,6 +20,7 @@ from hydfs.client import ClientCore, Result
 from hydfs.names import check_name
 
 CHUNK = 1 << 20  # bytes per entry of a streamed upload: the replication batch size
+CLEANUP_TIMEOUT = 5.0  # how long a failed upload tries to remove what it wrote
 
 
 class HydfsError(Exception):
@@ -38,6 +39,7 @@ ERRORS = {
     "len_mismatch": "append to {name} refused: the file changed length",
     "deleted": "{name} was removed",
     "not_ready": "that replica's copy of {name} is not confirmed by the primary yet (it restarted or lags)",
+    "io_error": "HyDFS could not write {name}: the disk of {node} is full or failing",
 }
 
 
@@ -121,7 +123,8 @@ class Client:
             await self.refresh()
         res = await self._run(start(self.clock()), name)
         if not res.ok:
-            raise HydfsError(ERRORS.get(res.err or "", "{name}: " + str(res.err)).format(name=name), res.err)
+            text = ERRORS.get(res.err or "", "{name}: " + str(res.err))
+            raise HydfsError(text.format(name=name, node=res.reply.get("primary") or "a node"), res.err)
         return res
 
     # -- operations -------------------------------------------------------------------------------
@@ -149,8 +152,8 @@ class Client:
                 if progress:
                     progress(len(data))
         except BaseException:
-            with contextlib.suppress(HydfsError, Unreachable, RpcError):
-                await self.rm(name)
+            with contextlib.suppress(HydfsError, Unreachable, RpcError, TimeoutError):
+                await asyncio.wait_for(self.rm(name), CLEANUP_TIMEOUT)  # best effort: the error matters more
             raise
         return entries
 

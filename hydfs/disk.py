@@ -100,8 +100,8 @@ class DiskStorage:
         if not self._pending:
             return
         self.journal.append_many(({"n": n, **rec}, b"") for n, rec in self._pending.items())
-        self._pending.clear()
         self.journal.sync()
+        self._pending.clear()  # only once durable: after a failed sync the records are written again
         self.syncs += 1
         if len(self.journal.blocks) > max(1024, 4 * len(self._files)):
             self._compact()

@@ -34,6 +34,7 @@ FENCED = "fenced"            # fence precondition: a higher epoch is recorded fo
 LEN_MISMATCH = "len_mismatch"  # expect_len precondition failed; ``last`` says the actual length
 DELETED = "deleted"          # the file was removed while the request waited
 NOT_READY = "not_ready"      # a replica read from a copy no primary has confirmed since restart
+IO_ERROR = "io_error"        # the node could not write (full disk, failing disk); ``primary`` says which
 
 
 def _int(v: Any) -> int:
@@ -145,7 +146,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "append": {"f": _name, "term": _int, "created": _int, "prev": _int, "prev_term": _int,
                "entries": _entries, "commit": _int, "top": _int},
     "append_ack": {"f": _name, "term": _int, "ok": _bool, "promised": _int, "match": _int, "last": _int,
-                   "runs": _opt(_pairs), "ver": _opt(_pair), "trusted": _bool},
+                   "runs": _opt(_pairs), "ver": _opt(_pair), "trusted": _bool, "io": _opt(_bool)},
     "set_isr": {"f": _name, "term": _int, "ver": _pair, "isr": _ids, "created": _opt(_int),
                 "commit": _int},
     "isr_ack": {"f": _name, "term": _int, "ok": _bool, "promised": _int, "ver": _pair, "trusted": _bool},

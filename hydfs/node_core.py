@@ -18,7 +18,7 @@ from typing import Any
 
 from hydfs import replica
 from hydfs.context import CoreConfig, FileVol
-from hydfs.messages import CLIENT_TYPES, NOT_FOUND, NOT_PRIMARY, NOT_READY, Msg, parse, reply
+from hydfs.messages import CLIENT_TYPES, IO_ERROR, NOT_FOUND, NOT_PRIMARY, NOT_READY, Msg, parse, reply
 from hydfs.primary import Leader
 from hydfs.ring import Ring
 from hydfs.storage import Storage
@@ -118,14 +118,29 @@ class NodeCore:
             return
         t = m["t"]
         self.stats[f"in.{t}"] += 1
-        if t in CLIENT_TYPES:
-            self._client(src, m, now)
-        elif t == "reply":
-            self.stats["unexpected"] += 1
-        elif src == self.node_id:
-            self.stats["from_self"] += 1
-        else:
-            self._peer(src, m, now)
+        try:
+            if t in CLIENT_TYPES:
+                self._client(src, m, now)
+            elif t == "reply":
+                self.stats["unexpected"] += 1
+            elif src == self.node_id:
+                self.stats["from_self"] += 1
+            else:
+                self._peer(src, m, now)
+        except OSError as exc:
+            # A full or failing disk. Every write either happened whole or not at all (block files
+            # cut what they could not finish) and nothing was acknowledged, so the state is one the
+            # protocol knows: peers retry; a client is told, in one line.
+            self.stats["io_error"] += 1
+            self.note("io_error", error=f"{exc.strerror or exc}", handling=t)
+            if t in CLIENT_TYPES:
+                self.send(src, reply(m["rid"], IO_ERROR, primary=self.node_id))
+            elif t == "append":  # tell the primary, so its waiting clients hear why, not a timeout
+                meta = self.storage.meta(m["f"])
+                self.send(src, {"t": "append_ack", "f": m["f"], "term": m["term"], "ok": False,
+                                "promised": meta.term if meta else 0, "match": 0,
+                                "last": self.storage.last(m["f"])[0], "runs": None, "ver": None,
+                                "trusted": False, "io": True})
 
     # ----------------------------------------------------------------- Host (for replica / primary)
 

@@ -32,7 +32,7 @@ from typing import Any
 from hydfs.conditions import Tables, check, fence_of
 from hydfs.context import Host, Report, report_of
 from hydfs.entries import Entry, Runs, common_prefix, extend_runs, term_at
-from hydfs.messages import BUSY, DELETED, EXISTS, NOT_FOUND, NOT_PRIMARY, Msg, entries_wire, reply
+from hydfs.messages import BUSY, DELETED, EXISTS, IO_ERROR, NOT_FOUND, NOT_PRIMARY, Msg, entries_wire, reply
 from hydfs.storage import FileMeta, Version
 
 PREPARE, FETCH, SYNC, ACTIVE = "prepare", "fetch", "sync", "active"
@@ -283,6 +283,11 @@ class Leader:
             vouched = any(x in isr and r.ver == newest and r.trusted for x, r in reps.items())
             if not vouched and not all(x in reps for x in isr):
                 return
+            if not vouched and any(x not in reps and alive(x) for x in self.probe):
+                # Nobody vouches: every member restarted. Under fsync = "interval" a member whose
+                # machine crashed may have lost acknowledged appends that a live non-member (a
+                # replica that was catching up) still holds, so hear every live holder first.
+                return
             self.old_isr = isr
         elif any(x not in reps and alive(x) for x in self.probe):
             return
@@ -530,6 +535,9 @@ class Leader:
             self._send_append(x, self.last, [], now)
 
     def on_append_ack(self, src: str, m: Msg, now: float) -> None:
+        if m.get("io"):
+            self._write_failed(src)
+            return
         if self._refused(m, mismatch_ok=True):
             return
         p = self.peers.get(src)
@@ -557,6 +565,16 @@ class Leader:
         self._merges_progress()
         self._refresh_isr(src, p, now)
         self._reconfigure(now)
+
+    def _write_failed(self, x: str) -> None:
+        """An in-sync member could not write (full or failing disk): the appends waiting for it fail
+        now with that reason instead of timing out. They are not undone: if the member recovers
+        they may still commit, and a retry under the same key then returns their index."""
+        if x not in self.isr:
+            return
+        for idx in sorted(i for i in self.waiters if i > self.commit):
+            for src, rid in self.waiters.pop(idx):
+                self.h.send(src, reply(rid, IO_ERROR, primary=x))
 
     def _advance_commit(self) -> None:
         if self.pending and self.pending.kind in ("establish", "create"):

@@ -62,11 +62,16 @@ def _data_size(msg: dict[str, Any]) -> int:
 
 
 def _fdatasync_all(fds: list[int]) -> None:
+    failed: OSError | None = None
     for fd in fds:
         try:
             os.fdatasync(fd)
+        except OSError as exc:
+            failed = exc
         finally:
             os.close(fd)
+    if failed is not None:
+        raise failed
 
 
 class _Mailbox:
@@ -153,7 +158,10 @@ class HydfsServer:
             await asyncio.sleep(self.cfg.fsync_interval)
             fds = self.storage.take_unsynced()
             if fds:
-                await asyncio.to_thread(_fdatasync_all, fds)
+                try:
+                    await asyncio.to_thread(_fdatasync_all, fds)
+                except OSError as exc:
+                    log.error("hydfs fdatasync failed", extra={"error": exc.strerror or str(exc)})
 
     def _flush(self, reply_to: str | None = None) -> list[dict[str, Any]]:
         """Send what the core has to say, after making what it wrote durable. Messages for ``reply_to``
@@ -161,7 +169,13 @@ class HydfsServer:
         back: list[dict[str, Any]] = []
         out = self.core.take_outgoing()
         while out:
-            self.storage.sync()  # persist, then send: nobody hears of a write a crash could undo
+            try:
+                self.storage.sync()  # persist, then send: nobody hears of a write a crash could undo
+            except OSError as exc:  # full or failing disk: say nothing (as if lost); the protocol retries
+                log.error("hydfs sync failed; messages dropped", extra={"error": exc.strerror or str(exc),
+                                                                        "messages": len(out)})
+                self.core.stats["io_error"] += 1
+                break
             for dest, msg in out:
                 if dest == self.node_id:
                     self.core.receive(self.node_id, msg, self.clock())
@@ -180,7 +194,7 @@ class HydfsServer:
                     box.event.set()
             out = self.core.take_outgoing()
         for event, fields in self.core.take_notes():
-            log.info("hydfs %s", event, extra=fields)
+            log.log(logging.ERROR if event.endswith("error") else logging.INFO, "hydfs %s", event, extra=fields)
         return back
 
     async def _sender(self, dest: str) -> None:

@@ -509,6 +509,34 @@ def test_a_replica_that_lost_its_unsynced_tail_never_vouches() -> None:
     assert sim.wait("reader", op, timeout=60).data == b"h;" + b"".join(b"%d;" % i for i in range(8))
 
 
+def test_a_full_disk_is_one_clear_error_and_loses_nothing() -> None:
+    import errno
+
+    sim = cluster(3)
+    make(sim, b"h;")
+    assert append(sim, b"a;").index == 2
+    p = owners(sim)[0]
+    storage = sim.nodes[p].storage
+
+    def full(name: str, entries: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    storage.append = full  # type: ignore[method-assign]
+    r = append(sim, b"lost;")
+    assert not r.ok and r.err == "io_error" and r.reply.get("primary") == p
+    core = sim.nodes[p].core
+    assert core is not None and core.stats["io_error"] == 1
+    del storage.append      # space again: the file goes on where it was
+    assert append(sim, b"b;").index == 3
+    r1 = owners(sim)[1]     # a replica's disk fills: the waiting append fails at once, naming it
+    sim.nodes[r1].storage.append = full  # type: ignore[method-assign]
+    r = append(sim, b"maybe;", cid="c2")
+    assert not r.ok and r.err == "io_error" and r.reply.get("primary") == r1
+    del sim.nodes[r1].storage.append
+    assert sim.run_until(lambda: logs_identical(sim, owners(sim)), sim.now + 10)
+    assert get(sim).data == b"h;a;b;maybe;"  # not undone: it landed once the replica could write
+
+
 # ----------------------------------------------------------------- messages from the network
 
 
