@@ -118,19 +118,25 @@ def loopback_copy(data: bytes, repeats: int, to_disk: Path | None = None, fsync:
     return out
 
 
-def loopback_rate(msg: bytes, count: int) -> float:
-    """Bytes per second for ``count`` sequential request/response messages of ``msg``."""
-    rx = _Receiver()
-    with _connect(rx.port) as s:
+def _timed_sends(port: int, msg: bytes, count: int, receivers: list[_Receiver]) -> float:
+    """Seconds for ``count`` sequential messages (after one warm-up) to the receiver on ``port``."""
+    with _connect(port) as s:
         _send(s, msg)
         t0 = time.perf_counter()
         for _ in range(count):
             _send(s, msg)
         took = time.perf_counter() - t0
-    rx.thread.join(10)
-    if rx.error:
-        raise rx.error
-    return len(msg) * count / took
+    for rx in receivers:
+        rx.thread.join(10)
+        if rx.error:
+            raise rx.error
+    return took
+
+
+def loopback_rate(msg: bytes, count: int) -> float:
+    """Bytes per second for ``count`` sequential request/response messages of ``msg``."""
+    rx = _Receiver()
+    return len(msg) * count / _timed_sends(rx.port, msg, count, [rx])
 
 
 def replicated_rate(msg: bytes, count: int, tmp: Path, fsync: bool) -> float:
@@ -138,16 +144,7 @@ def replicated_rate(msg: bytes, count: int, tmp: Path, fsync: bool) -> float:
     ``fsync``) on a forwarder and two receivers before the client has its answer."""
     tails = [_Receiver(tmp / f"r{k}.bin", fsync) for k in (1, 2)]
     head = _Receiver(tmp / "r0.bin", fsync, forward=[t.port for t in tails])
-    with _connect(head.port) as s:
-        _send(s, msg)
-        t0 = time.perf_counter()
-        for _ in range(count):
-            _send(s, msg)
-        took = time.perf_counter() - t0
-    for rx in (head, *tails):
-        rx.thread.join(10)
-        if rx.error:
-            raise rx.error
+    took = _timed_sends(head.port, msg, count, [head, *tails])
     for k in range(3):
         (tmp / f"r{k}.bin").unlink(missing_ok=True)
     return len(msg) * count / took
