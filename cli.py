@@ -134,9 +134,11 @@ def node_start(
     logs.setup(nid)
     spec = NodeSpec(nid, bind, joins, data or Path(f"data-{nid.replace(':', '-')}"),
                     redis_port or port + 200, secret, cfg, leader)
+    from hydfs.disk import StorageError
+
     try:
         asyncio.run(Node(spec).run())
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         raise UserError(f"cannot start node {nid}: {exc}") from None
     except RuntimeError as exc:
         raise UserError(f"cannot start node {nid}: {exc}") from None
