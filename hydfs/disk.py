@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydfs.blockfile import BlockFile, write_atomic
+from hydfs.blockfile import BlockFile, fsync_dir, write_atomic
 from hydfs.entries import Entry, Runs, cut_runs, extend_runs
 from hydfs.storage import FileMeta
 
@@ -69,6 +69,7 @@ class DiskStorage:
         self._tail_size = 0
         self.recovered_bytes = 0  # torn tails cut at start-up
         self.syncs = 0            # fsync/fdatasync calls made (benchmarks and tests read it)
+        self._dir_dirty = not (root / JOURNAL).exists()  # a new name in the directory: fsync it too
         self.journal = BlockFile(root / JOURNAL)
         self.recovered_bytes += self.journal.cut_bytes
         metas: dict[str, dict[str, Any] | None] = {}
@@ -101,6 +102,10 @@ class DiskStorage:
             return
         self.journal.append_many(({"n": n, **rec}, b"") for n, rec in self._pending.items())
         self.journal.sync()
+        if self._dir_dirty:  # new logs (or the journal itself) exist after a power loss too
+            fsync_dir(self.root)
+            self._dir_dirty = False
+            self.syncs += 1
         self._pending.clear()  # only once durable: after a failed sync the records are written again
         self.syncs += 1
         if len(self.journal.blocks) > max(1024, 4 * len(self._files)):
@@ -139,6 +144,7 @@ class DiskStorage:
         f = self._files.get(name)
         if f is None:
             f = _File(self.root, name)
+            self._dir_dirty = True
             self._record(f)  # the name reaches the journal in the same sync as its first entries
             self._files[name] = f
         return f

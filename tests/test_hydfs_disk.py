@@ -133,7 +133,7 @@ def test_one_sync_commits_a_batch_of_many_files(tmp_path: Path) -> None:
         s.put_meta(f"f{i}", FileMeta(term=1, leader="node-1", created=1, isr=("node-1",)))
     before = s.syncs
     s.sync()
-    assert s.syncs - before == 1 + 1000   # one journal fsync, one fdatasync per written log
+    assert s.syncs - before == 2 + 1000   # the journal, the directory (new logs), one fdatasync per log
     for i in range(1000):
         s.put_meta(f"f{i}", FileMeta(term=2, leader="node-2", created=1, isr=("node-2",)))
     before = s.syncs
