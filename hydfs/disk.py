@@ -11,7 +11,8 @@ which the node's I/O edge calls before it sends any message (the etcd "persist, 
 one fsync of the journal and one fdatasync per written log for a whole batch of messages, however
 many files it touched. A membership change that moves 1000 files costs a handful of fsyncs, not
 20 000. With ``fsync_data=False`` (``fsync = "interval"``), ``sync`` makes only metadata durable and
-the logs are fdatasynced by :meth:`flush_data`, which the edge calls every ``fsync_interval``.
+the edge takes the written logs (:meth:`take_unsynced`) every ``fsync_interval`` and fdatasyncs
+them in a thread, off the event loop.
 
 At start-up the journal and every log are scanned once: torn tails are cut, logs the journal does
 not name (created by a batch that never reached its sync) are removed, and the entries' metadata
