@@ -32,7 +32,7 @@ from typing import Any
 from hydfs.conditions import Tables, check, fence_of
 from hydfs.context import Host, Report, report_of
 from hydfs.entries import Entry, Runs, common_prefix, extend_runs, term_at
-from hydfs.messages import BUSY, DELETED, EXISTS, IO_ERROR, NOT_FOUND, NOT_PRIMARY, Msg, entries_wire, reply
+from hydfs.messages import BUSY, DELETED, EXISTS, NOT_FOUND, NOT_PRIMARY, Msg, entries_wire, reply
 from hydfs.storage import FileMeta, Version
 
 PREPARE, FETCH, SYNC, ACTIVE = "prepare", "fetch", "sync", "active"
@@ -52,6 +52,8 @@ class Peer:
     acks: int = 0              # answers received, so a merge can insist on a fresh one
     flight: deque[tuple[int, int]] = field(default_factory=deque)  # (last index, bytes) of batches unanswered
     flight_bytes: int = 0
+    io_failed: bool = False    # its last answer: it could not write (full or failing disk)
+    progress: float = 0.0      # when it was created, its match last advanced or it was last caught up
 
     def rewind(self, nxt: int) -> None:
         """Send again from ``nxt``: whatever was in flight is presumed lost."""
@@ -225,6 +227,11 @@ class Leader:
             if self.sent.get(self.source, -math.inf) <= due:
                 self._send_fetch(now)
         else:
+            for p in self.peers.values():
+                if p.match >= self.last:
+                    p.progress = now
+            if self.open and self.pending is None and any(self._failing(x, now) for x in self.isr):
+                self._reconfigure(now)
             for x, p in self.peers.items():
                 if p.sent <= due and (p.match < self.last or p.last != self.last):
                     p.rewind(p.match + 1 if p.match >= 0 else self.last + 1)
@@ -446,7 +453,7 @@ class Leader:
         alive = self.h.is_alive
         owners = set(self._targets())
         isr = set(self.isr)
-        dead = {x for x in isr if x != self.me and not alive(x)}
+        dead = {x for x in isr if x != self.me and (not alive(x) or self._failing(x, now))}
         new: set[str] | None = None
         if dead:
             new = isr - dead
@@ -460,7 +467,7 @@ class Leader:
                     new = isr - extra
         if new is None:
             return
-        need = {x for x in isr | new if x != self.me and alive(x)}
+        need = {x for x in isr | new if x != self.me and alive(x) and x not in dead}
         self._start_cfg(tuple(sorted(new | {self.me})), need, "change", now)
 
     def _refresh_isr(self, x: str, p: Peer, now: float) -> None:
@@ -492,7 +499,7 @@ class Leader:
         if self.created is None:
             return
         for x in sorted(want - self.peers.keys()):
-            p = self.peers[x] = Peer(next=self.last + 1)
+            p = self.peers[x] = Peer(next=self.last + 1, progress=now)
             r = self.reports.get(x)
             if r is not None and self.phase == SYNC and r.created == self.created and r.deleted is None:
                 p.match = common_prefix(self.runs, self.last, r.runs, r.last)
@@ -505,10 +512,11 @@ class Leader:
         (a far-behind replica is copied at the speed of the wire, not of round trips); if ``force``,
         at least a heartbeat."""
         p = self.peers[x]
-        if self.created is None:
-            return
+        if self.created is None or (p.io_failed and not force):
+            return  # a peer that could not write is tried again once per retry, with one batch
         sent = False
-        while p.next <= self.last and p.match >= 0 and (not p.flight or p.flight_bytes < self.cfg.window_bytes):
+        while (p.next <= self.last and p.match >= 0 and not (sent and p.io_failed)
+               and (not p.flight or p.flight_bytes < self.cfg.window_bytes)):
             stop = min(self.last + 1, p.next + self.cfg.batch_entries)
             entries = self.h.storage.read(self.name, p.next, stop, self.cfg.batch_bytes)
             self._send_append(x, p.next - 1, entries, now)
@@ -536,7 +544,7 @@ class Leader:
 
     def on_append_ack(self, src: str, m: Msg, now: float) -> None:
         if m.get("io"):
-            self._write_failed(src)
+            self._write_failed(src, now)
             return
         if self._refused(m, mismatch_ok=True):
             return
@@ -548,6 +556,9 @@ class Leader:
         if m["ok"]:
             if m["match"] > self.last:
                 return
+            p.io_failed = False
+            if m["match"] > p.match:
+                p.progress = now
             p.match = max(p.match, m["match"])
             p.answered(p.match)
             if p.next <= p.match:
@@ -566,15 +577,29 @@ class Leader:
         self._refresh_isr(src, p, now)
         self._reconfigure(now)
 
-    def _write_failed(self, x: str) -> None:
-        """An in-sync member could not write (full or failing disk): the appends waiting for it fail
-        now with that reason instead of timing out. They are not undone: if the member recovers
-        they may still commit, and a retry under the same key then returns their index."""
-        if x not in self.isr:
+    def _write_failed(self, x: str, now: float) -> None:
+        """A replica could not write (full or failing disk). For this file it is as good as failed:
+        it leaves the in-sync set, the waiting appends commit on the others, and it is filled
+        again (and rejoins) once it can write. A pending set change it was only to leave stops
+        waiting for it."""
+        p = self.peers.get(x)
+        if p is None:
             return
-        for idx in sorted(i for i in self.waiters if i > self.commit):
-            for src, rid in self.waiters.pop(idx):
-                self.h.send(src, reply(rid, IO_ERROR, primary=x))
+        p.io_failed = True
+        p.rewind(p.match + 1 if p.match >= 0 else self.last + 1)
+        pend = self.pending
+        if pend is not None and x in pend.need and x not in pend.isr:
+            pend.need.discard(x)
+            self._cfg_progress(now)
+        self._reconfigure(now)
+
+    def _failing(self, x: str, now: float) -> bool:
+        """A live in-sync member that cannot keep up: it could not write, or it has held back the
+        commit for ``lag_timeout`` (a mute or stuck node the membership layer still sees alive)."""
+        p = self.peers.get(x)
+        if x == self.me or p is None:
+            return False
+        return p.io_failed or (p.match < self.last and now - p.progress > self.cfg.lag_timeout)
 
     def _advance_commit(self) -> None:
         if self.pending and self.pending.kind in ("establish", "create"):

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from gossip.rpc import RemoteError, RpcClient, RpcServer, Unreachable
 from gossip.types import MemberEvent, MembershipView
 from hydfs.context import CoreConfig
 from hydfs.disk import DiskStorage
+from hydfs.messages import IO_ERROR
 from hydfs.node_core import NodeCore
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,16 @@ class ServerConfig:
     fsync_interval: float = 1.0   # how often written logs are fdatasynced in "interval" mode (as Redis everysec)
     send_bytes: int = 2 << 20     # entry data per node-to-node RPC
     send_inflight: int = 4        # RPCs to one node unanswered at a time
+    lag_timeout: float = 5.0      # an in-sync replica that holds the commit back this long (alive but
+    #                               mute or stuck) leaves the file's in-sync set until it catches up
 
     def check(self) -> str | None:
         """What is wrong with these settings, if anything (one line)."""
         if self.fsync not in FSYNC_MODES:
             return f"fsync must be one of {', '.join(FSYNC_MODES)}, not {self.fsync!r}"
-        if self.fsync_interval <= 0 or self.tick <= 0 or self.send_bytes <= 0 or self.send_inflight < 1:
-            return "fsync_interval, tick, send_bytes and send_inflight must be positive"
+        if (self.fsync_interval <= 0 or self.tick <= 0 or self.send_bytes <= 0 or self.send_inflight < 1
+                or self.lag_timeout <= 0):
+            return "fsync_interval, tick, send_bytes, send_inflight and lag_timeout must be positive"
         return None
 
 
@@ -59,6 +63,11 @@ def _data_size(msg: dict[str, Any]) -> int:
     if not isinstance(entries, list):
         return 0
     return sum(len(e[4]) for e in entries if isinstance(e, list) and len(e) > 4 and isinstance(e[4], bytes))
+
+
+def _says_io_error(msg: dict[str, Any]) -> bool:
+    """A node's "I could not write" (to a primary or a client): it depends on no unsynced write."""
+    return msg.get("io") is True or msg.get("err") == IO_ERROR
 
 
 def _fdatasync_all(fds: list[int]) -> None:
@@ -91,6 +100,7 @@ class HydfsServer:
         if problem:
             raise ValueError(problem)
         self.storage = DiskStorage(data_dir / "hydfs", fsync_data=self.cfg.fsync == "always")
+        core_config = replace(core_config or CoreConfig(), lag_timeout=self.cfg.lag_timeout)
         self.core = NodeCore(node_id, self.storage, core_config)
         self.rpc_client = client
         self.membership = membership
@@ -172,10 +182,11 @@ class HydfsServer:
             try:
                 self.storage.sync()  # persist, then send: nobody hears of a write a crash could undo
             except OSError as exc:  # full or failing disk: say nothing (as if lost); the protocol retries
+                kept = [(d, m) for d, m in out if _says_io_error(m)]
                 log.error("hydfs sync failed; messages dropped", extra={"error": exc.strerror or str(exc),
-                                                                        "messages": len(out)})
+                                                                        "messages": len(out) - len(kept)})
                 self.core.stats["io_error"] += 1
-                break
+                out = kept  # "I could not write" promises nothing: it still goes out
             for dest, msg in out:
                 if dest == self.node_id:
                     self.core.receive(self.node_id, msg, self.clock())

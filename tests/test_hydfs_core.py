@@ -509,7 +509,7 @@ def test_a_replica_that_lost_its_unsynced_tail_never_vouches() -> None:
     assert sim.wait("reader", op, timeout=60).data == b"h;" + b"".join(b"%d;" % i for i in range(8))
 
 
-def test_a_full_disk_is_one_clear_error_and_loses_nothing() -> None:
+def test_a_full_disk_on_the_primary_is_one_clear_error_on_a_replica_it_leaves_the_set() -> None:
     import errno
 
     sim = cluster(3)
@@ -528,13 +528,36 @@ def test_a_full_disk_is_one_clear_error_and_loses_nothing() -> None:
     assert core is not None and core.stats["io_error"] == 1
     del storage.append      # space again: the file goes on where it was
     assert append(sim, b"b;").index == 3
-    r1 = owners(sim)[1]     # a replica's disk fills: the waiting append fails at once, naming it
+    r1 = owners(sim)[1]     # a replica's disk fills: it leaves the in-sync set, the file goes on
     sim.nodes[r1].storage.append = full  # type: ignore[method-assign]
-    r = append(sim, b"maybe;", cid="c2")
-    assert not r.ok and r.err == "io_error" and r.reply.get("primary") == r1
-    del sim.nodes[r1].storage.append
-    assert sim.run_until(lambda: logs_identical(sim, owners(sim)), sim.now + 10)
-    assert get(sim).data == b"h;a;b;maybe;"  # not undone: it landed once the replica could write
+    r = append(sim, b"c;", cid="c2")
+    assert r.ok and r.index == 4
+    lead = primary(sim).leaders[F]
+    assert r1 not in lead.isr and len(lead.isr) == 2
+    assert len(sim.log(r1, F)) == 3
+    assert append(sim, b"d;", cid="c2").index == 5
+    del sim.nodes[r1].storage.append  # space again: it is filled and rejoins
+    assert sim.run_until(lambda: r1 in primary(sim).leaders[F].isr, sim.now + 10)
+    assert logs_identical(sim, owners(sim))
+    assert get(sim).data == b"h;a;b;c;d;"
+
+
+def test_a_mute_replica_leaves_the_in_sync_set_after_lag_timeout() -> None:
+    """A replica the membership layer still sees alive but that never answers (a stuck disk, say)
+    holds the commit back only for ``lag_timeout``; then the file goes on without it."""
+    sim = cluster(3)
+    make(sim, b"h;")
+    p, r1, _ = owners(sim)
+    sim.hooks.append(lambda src, dest, m: not (src == r1 and dest == p))
+    start = sim.now
+    r = append(sim, b"a;")
+    assert r.ok and r.index == 2
+    assert sim.now - start >= sim.config.lag_timeout
+    assert r1 not in primary(sim).leaders[F].isr
+    assert append(sim, b"b;").index == 3
+    sim.hooks.clear()
+    assert sim.run_until(lambda: r1 in primary(sim).leaders[F].isr, sim.now + 10)
+    assert logs_identical(sim, owners(sim))
 
 
 # ----------------------------------------------------------------- messages from the network

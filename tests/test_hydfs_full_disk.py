@@ -5,6 +5,7 @@ it the test is skipped and says so)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -51,3 +52,48 @@ def test_full_disk_is_one_clear_line_and_loses_nothing(small_disk: Path, tmp_pat
         assert back.read_bytes() == blob.read_bytes()
     finally:
         c.down()
+
+
+def test_a_replica_with_a_full_disk_leaves_the_in_sync_set_and_the_files_go_on(small_disk: Path,
+                                                                                tmp_path: Path) -> None:
+    """Only node-3's disk is small. Once it is full, the files it holds go on with the two others:
+    creates and appends succeed, `ls` shows node-3 out of the in-sync set, reads are whole."""
+    root = tmp_path / "cluster"
+    (root / "node-3").mkdir(parents=True)
+    res = subprocess.run(["mount", "--bind", str(small_disk), str(root / "node-3")], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {res.stderr.strip() or res.returncode}")
+    c = LocalCluster(root, 3, offset=10)
+    try:
+        env = {"RAINSTORM_SECRET": c.data["secret"]}
+        at = ["--at", c.addr("node-1")]
+        blobs = []
+        for k in range(6):   # 6 x 8 MB: node-3's 40 MiB fill on the fifth
+            blob = tmp_path / f"f{k}"
+            blob.write_bytes(os.urandom(8_000_000))
+            blobs.append(blob)
+            r = run_cli("dfs", "create", str(blob), f"f{k}", *at, cwd=tmp_path, env=env)
+            assert r.returncode == 0, r.stderr
+        extra = tmp_path / "extra"
+        extra.write_bytes(os.urandom(1_000_000))
+        grew = []
+        for k in range(len(blobs)):
+            ls = json.loads(run_cli("dfs", "ls", f"f{k}", "--json", *at, cwd=tmp_path, env=env).stdout)
+            r = run_cli("dfs", "append", str(extra), f"f{k}", *at, cwd=tmp_path, env=env)
+            if ls["replicas"][0]["id"] == "node-3":  # its primary cannot write: one clear line
+                assert r.returncode != 0 and r.stderr.strip() == (
+                    f"error: HyDFS could not write f{k}: the disk of node-3 is full or failing"), r.stderr
+                continue
+            assert r.returncode == 0, r.stderr
+            grew.append(k)
+            ls = json.loads(run_cli("dfs", "ls", f"f{k}", "--json", *at, cwd=tmp_path, env=env).stdout)
+            in_sync = {x["id"]: x["in_sync"] for x in ls["replicas"]}
+            assert in_sync == {"node-1": True, "node-2": True, "node-3": False}, ls
+        assert grew, "every file had node-3 as its primary: pick other names"
+        for k, blob in enumerate(blobs):
+            back = tmp_path / f"back{k}"
+            assert run_cli("dfs", "get", f"f{k}", str(back), *at, cwd=tmp_path, env=env).returncode == 0
+            assert back.read_bytes() == blob.read_bytes() + (extra.read_bytes() if k in grew else b"")
+    finally:
+        c.down()
+        subprocess.run(["umount", "-l", str(root / "node-3")], capture_output=True)
