@@ -622,11 +622,12 @@ async def _appends(cl: Client, name: str, block: bytes, count: int) -> None:
 def baselines(plan: Plan, sizes: list[int], tmp: Path) -> dict[str, Any]:
     reps = plan.raw_repeats
     payload = random.Random(3).randbytes(max(sizes))
-    out: dict[str, Any] = {"copy": {}, "copy_file": {}, "copy_fsync": {}, "disk": {}}
+    out: dict[str, Any] = {"copy": {}, "copy_file": {}, "zero_copy": {}, "copy_fsync": {}, "disk": {}}
     for s in sizes:
         data = payload[:s]
         out["copy"][s] = median(raw.loopback_copy(data, reps))
         out["copy_file"][s] = median(raw.loopback_copy(data, reps, tmp / "rx.bin", fsync=False))
+        out["zero_copy"][s] = median(raw.zero_copy_into_file(data, tmp, reps))
         out["copy_fsync"][s] = median(raw.loopback_copy(data, reps, tmp / "rx.bin"))
         out["disk"][s] = median(raw.disk_write(data, tmp / "w.bin", reps))
     (tmp / "rx.bin").unlink(missing_ok=True)

@@ -4,6 +4,9 @@
   bytes and answers one byte; optionally it writes them to a file and fsyncs before answering);
 * ``loopback_rate``: sequential request/response messages (send one message, wait for the 1-byte
   answer), the same pattern as sequential appends;
+* ``zero_copy_into_file``: the same bytes from a file in the page cache to a new file on the other
+  end with no copy through user space (``sendfile`` out, ``splice`` in): the least a copy that
+  lands in a file costs here, for any design;
 * ``disk_write``: write the bytes to a local file and fsync it;
 * ``replicated_rate``: the least any 3-way replicated append can do: a client sends each message to
   a forwarder that writes it to a file and sends it on to two receivers that write it to theirs; the
@@ -148,6 +151,73 @@ def replicated_rate(msg: bytes, count: int, tmp: Path, fsync: bool) -> float:
     for k in range(3):
         (tmp / f"r{k}.bin").unlink(missing_ok=True)
     return len(msg) * count / took
+
+
+def zero_copy_into_file(data: bytes, tmp: Path, repeats: int) -> list[float]:
+    """Seconds to move ``data`` from a file (in the page cache) into a new file at a receiver thread,
+    kernel to kernel: ``os.sendfile`` to the socket, ``os.splice`` from it through a pipe into the file."""
+    src, dst = tmp / "zc-src.bin", tmp / "zc-dst.bin"
+    src.write_bytes(data)
+    srv = socket.create_server(("127.0.0.1", 0))
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            srv.settimeout(30)
+            conn, _ = srv.accept()
+            conn.settimeout(30)
+            r, w = os.pipe()
+            with conn:
+                while True:
+                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+                    if len(head) < HEADER.size:
+                        return
+                    (left,) = HEADER.unpack(head)
+                    dst.unlink(missing_ok=True)
+                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
+                    try:
+                        pos = 0
+                        while left:
+                            n = os.splice(conn.fileno(), w, min(BUF, left))
+                            if n == 0:
+                                return
+                            moved = 0
+                            while moved < n:
+                                moved += os.splice(r, fd, n - moved, offset_dst=pos + moved)
+                            pos += n
+                            left -= n
+                    finally:
+                        os.close(fd)
+                    conn.sendall(b"k")
+        except BaseException as exc:  # surfaced by the caller
+            errors.append(exc)
+        finally:
+            srv.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    out = []
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with _connect(srv.getsockname()[1]) as s:
+            for k in range(repeats + 1):  # the first one warms up
+                t0 = time.perf_counter()
+                s.sendall(HEADER.pack(len(data)))
+                sent = 0
+                while sent < len(data):
+                    sent += os.sendfile(s.fileno(), fd, sent, len(data) - sent)
+                if s.recv(1) != b"k":
+                    raise ConnectionError("zero-copy receiver did not answer")
+                if k:
+                    out.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+    th.join(10)
+    src.unlink(missing_ok=True)
+    dst.unlink(missing_ok=True)
+    if errors:
+        raise errors[0]
+    return out
 
 
 def disk_write(data: bytes, path: Path, repeats: int) -> list[float]:
