@@ -18,6 +18,8 @@ as two processes would.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import struct
@@ -167,6 +169,8 @@ def zero_copy_into_file(data: bytes, tmp: Path, repeats: int) -> list[float]:
             conn, _ = srv.accept()
             conn.settimeout(None)  # splice needs a blocking fd (a timeout makes it non-blocking)
             r, w = os.pipe()
+            with contextlib.suppress(OSError):  # a 1 MiB pipe: 16x fewer splice calls than the default
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, BUF)
             with conn:
                 while True:
                     head = conn.recv(HEADER.size, socket.MSG_WAITALL)
