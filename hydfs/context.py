@@ -24,7 +24,7 @@ class CoreConfig:
     #                               the time the membership layer needs to spread a change everywhere
     backoff: float = 0.3          # wait before retrying a failed takeover (times 1..2, randomised)
     sync_timeout: float = 2.0     # a new primary waits this long for replicas to catch up
-    lag_timeout: float = 5.0      # an in-sync replica that holds the commit back this long leaves the set
+    lag_timeout: float = 5.0      # an in-sync replica behind and not advancing this long leaves the set
     #                               (set from [hydfs] lag_timeout on real nodes)
     batch_entries: int = 256      # entries per append / fetch message
     batch_bytes: int = 1 << 20    # and bytes

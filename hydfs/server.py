@@ -41,7 +41,7 @@ class ServerConfig:
     fsync_interval: float = 1.0   # how often written logs are fdatasynced in "interval" mode (as Redis everysec)
     send_bytes: int = 2 << 20     # entry data per node-to-node RPC
     send_inflight: int = 4        # RPCs to one node unanswered at a time
-    lag_timeout: float = 5.0      # an in-sync replica that holds the commit back this long (alive but
+    lag_timeout: float = 5.0      # an in-sync replica behind and not advancing this long (alive but
     #                               mute or stuck) leaves the file's in-sync set until it catches up
 
     def check(self) -> str | None:

@@ -5,6 +5,7 @@ Every run is deterministic (seeded simulator, ``derandomize=True``), so a failur
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,11 @@ class Appenders:
             if cur is not None:
                 res = c.results.pop(cur[0], None)
                 if res is None:
+                    continue
+                if not res.ok and res.err == "io_error":  # a full disk: retry under the same key
+                    key = (c.client_id, cur[1])
+                    op = c.append(self.name, f"{key[0]}:{key[1]};".encode(), self.sim.now, key=key)
+                    self.current[c.client_id] = (op, cur[1])
                     continue
                 if not res.ok:
                     self.errors.append((c.client_id, cur[1], res.err))
@@ -118,10 +124,11 @@ def run(w: Workload, settle: float = 8.0) -> Outcome:
     step()
     t0 = sim.now
     powered: set[str] = set()  # lost part of their log in a machine crash: a failure for the whole run
+    full: set[str] = set()     # their disk is full: no log write succeeds
     for t, what, k in sorted(w.faults):
         sim.run_until(step, t0 + t)
         node = ids[k % len(ids)]
-        out = {n for n in ids if not sim.nodes[n].up} | (set(ids) - sim.oracle()) | powered
+        out = {n for n in ids if not sim.nodes[n].up} | (set(ids) - sim.oracle()) | powered | full
         if what == "crash" and (len(out) < 2 or node in out):
             sim.crash(node)
         elif what == "power" and len(out) < 2 and node not in out and _held_elsewhere(
@@ -135,6 +142,16 @@ def run(w: Workload, settle: float = 8.0) -> Outcome:
             sim.partition(*[{n} for n in sorted(cut | {node})])
         elif what == "heal":
             sim.heal()
+        elif what == "full" and (len(out) < 2 or node in out):
+            node = Ring(ids).replicas(FILE)[k % 3]  # an owner's disk: a full disk elsewhere changes nothing
+            sim.nodes[node].storage.append = _disk_full  # type: ignore[method-assign]
+            full.add(node)
+        elif what == "space" and full:
+            node = sorted(full)[k % len(full)]
+            del sim.nodes[node].storage.append
+            full.discard(node)
+    for node in full:
+        del sim.nodes[node].storage.append
     sim.heal()
     for n in ids:
         sim.restart(n)
@@ -149,6 +166,10 @@ def run(w: Workload, settle: float = 8.0) -> Outcome:
     for key, index in apps.acked.items():
         assert monitor.history[index - 1][2:4] == list(key), f"acked {key}@{index} not in the committed history"
     return Outcome(sim, apps.acked, apps.order, Ring(ids).replicas(FILE))
+
+
+def _disk_full(name: str, entries: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _held_elsewhere(sim: Sim, acked: dict[tuple[str, int], int], lost: set[str]) -> bool:
@@ -235,6 +256,24 @@ def test_machine_crashes_that_lose_unflushed_tails(nodes: int, clients: int, per
     """``fsync = "interval"``: a machine crash cuts a node's logs back to some point since its last
     flush. Such a node counts as failed for the rest of the run (it lost acknowledged entries); with
     it, at most one more node down at a time. The same invariants as above hold."""
+    for k in range(2):
+        check(run(Workload(nodes, clients, per_client, drop, delay, seed * 2 + k, faults, skew)))
+
+
+disk_faults = st.lists(st.tuples(st.floats(0, 1.5, allow_nan=False),  # while the appends run
+                                 st.sampled_from(["full", "full", "space", "crash", "restart", "isolate", "heal"]),
+                                 st.integers(0, 5)), max_size=8)
+
+
+@PROPS
+@given(nodes=st.integers(3, 6), clients=st.integers(1, 5), per_client=st.integers(1, 12),
+       drop=st.sampled_from([0.0, 0.05, 0.2]), delay=st.sampled_from([0.005, 0.05, 0.3]),
+       skew=st.sampled_from([0.0, 0.1, 0.5]), seed=st.integers(0, 2**16), faults=disk_faults)
+def test_full_disks_come_and_go(nodes: int, clients: int, per_client: int, drop: float, delay: float,
+                                skew: float, seed: int, faults: list[tuple[float, str, int]]) -> None:
+    """Disks fill (no log write succeeds) and get space again, alongside crashes and partitions, at
+    most 2 nodes out at once counting full ones. A full replica leaves the in-sync set and rejoins
+    later; appends refused by a full primary are retried under their key. The same invariants hold."""
     for k in range(2):
         check(run(Workload(nodes, clients, per_client, drop, delay, seed * 2 + k, faults, skew)))
 
