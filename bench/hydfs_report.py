@@ -162,9 +162,11 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
                 goals.append(("  the same against the raw copy into a new file (the same bytes, to disk, no "
                               "fsync)", f"{mt * 1e3:.1f} ms", f"{rawc * 1e3:.1f} ms", ratio(mt / rawc),
                               verdict(mt / rawc <= GOAL_REREP)))
-                goals.append(("  the zero-copy copy into a new file (sendfile + splice: the least any design pays)",
-                              f"{rawz * 1e3:.1f} ms", f"{raw * 1e3:.1f} ms", ratio(rawz / raw),
-                              verdict(rawz / raw <= GOAL_REREP)))
+                goals.append(("  floor: a zero-copy copy into a new file (sendfile + splice, no checks; the least any "
+                              "design that lands in a file pays)", f"{rawz * 1e3:.1f} ms", f"{raw * 1e3:.1f} ms",
+                              ratio(rawz / raw), "(floor)"))
+                goals.append(("  HyDFS against that floor", f"{mt * 1e3:.1f} ms", f"{rawz * 1e3:.1f} ms",
+                              ratio(mt / rawz), "-"))
         s3 = Section("1r", "Experiment 1: restarting the killed node afterwards (it rejoins and takes its files back)",
                      ["runs", "converged (all nodes see all alive)", "time (s, max)", "worst node stall (s)",
                       "false failure declarations"],
@@ -242,9 +244,10 @@ def sections(res: dict[str, Any]) -> tuple[list[Section], list[Section], list[tu
         bound = base.get("replicated", {}).get(res.get("fsync", "always"))
         if bound:
             bound /= MB
-            goals.append(("  the raw 3-way replicated copy (one writer; the bound for any replicated append)",
+            goals.append(("  bound: the raw 3-way replicated copy (one writer; plain threads and sockets, the bytes "
+                          "through user space)",
                           f"{bound:.0f} MB/s", f"{raw_rate:.0f} MB/s", f"{bound / raw_rate:.3f}x",
-                          verdict(bound / raw_rate >= GOAL_APPEND)))
+                          "(bound)"))
             goals.append(("  HyDFS (one writer) against that bound", f"{r:.1f} MB/s", f"{bound:.0f} MB/s",
                           f"{r / bound:.3f}x", "-"))
         mg = res["b"]["merges"]
@@ -465,7 +468,7 @@ def main() -> None:
     ap.add_argument("results", type=Path, help="results.json written by bench/hydfs.py")
     a = ap.parse_args()
     res = json.loads(a.results.read_text())
-    for k in ("copy", "copy_file", "copy_fsync", "disk", "rate"):
+    for k in ("copy", "copy_file", "zero_copy", "copy_fsync", "disk", "rate"):
         if k in res["base"]:
             res["base"][k] = {int(s): v for s, v in res["base"][k].items()}
     report(res, None, a.results.parent, Console(width=200))
