@@ -3,7 +3,8 @@
 One connection per peer address, multiplexed by request id, so a slow call never blocks another.
 A request is ``{"i": id, "m": method, "a": args}``; the answer ``{"i": id, "r": result}`` or
 ``{"i": id, "e": message}``. Bad frames are counted (``hello``, ``size``, ``mac``, ``body``,
-``schema``) and end that connection only.
+``schema``) and end that connection only. A connection must deliver an authenticated frame within
+``HELLO_TIMEOUT`` (a hello alone proves nothing), and a server holds at most ``MAX_CONNS``.
 
 The framing is :mod:`gossip.session`: both sides send a hello with a fresh nonce, derive one key
 per direction from the cluster key and both nonces, and tag every frame with AES-GMAC over the
@@ -38,7 +39,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024  # largest piece handed to the transport at once: what it may have to copy
-HELLO_TIMEOUT = 10.0  # a connection that sends no hello by then is dropped and counted
+HELLO_TIMEOUT = 10.0  # a connection without an authenticated frame by then is dropped and counted
+MAX_CONNS = 1024  # connections a server holds at once; more are closed at once and counted ("conns")
 
 
 class RpcError(Exception):
@@ -250,20 +252,25 @@ class _ServerConn(_Endpoint):
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.owner._conns) >= MAX_CONNS:
+            assert isinstance(transport, asyncio.Transport)
+            self.stats["conns"] += 1
+            self.closed = True
+            transport.abort()
+            return
         super().connection_made(transport)
         self.owner._conns.add(self)
         self._hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._no_hello)
 
     def _no_hello(self) -> None:
-        if self.reader.session is None and not self.closed:
+        """Anyone can send a hello; only the first authenticated frame proves the peer has the key."""
+        if not self.closed:
             self._bad("hello")
 
-    def _on_hello(self, nonce: bytes) -> Session:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        return super()._on_hello(nonce)
-
     def _on_message(self, msg: Any) -> None:
+        if self._hello_timer is not None:  # the first frame passed its tag
+            self._hello_timer.cancel()
+            self._hello_timer = None
         if not (isinstance(msg, dict) and isinstance(msg.get("i"), int)
                 and isinstance(msg.get("m"), str) and isinstance(msg.get("a", {}), dict)):
             raise FrameError("schema")

@@ -69,5 +69,6 @@ def decode(key: bytes, frame: bytes) -> Any:
 
 
 class FrameStats(Counter[str]):
-    """Dropped-frame counters by reason: UDP ``mac``, ``version``, ``short``, ``body``; TCP ``hello``, ``size``,
-    ``mac``, ``body``, ``schema`` (one counter set per node, so ``mac`` and ``body`` count both)."""
+    """Dropped-frame counters by reason: UDP ``mac``, ``version``, ``short``, ``body``; TCP ``hello`` (no
+    authenticated frame in time), ``size``, ``mac``, ``body``, ``schema``, ``conns`` (over the
+    connection limit) (one counter set per node, so ``mac`` and ``body`` count both)."""

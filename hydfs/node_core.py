@@ -25,6 +25,7 @@ from hydfs.storage import Storage
 
 _LEADER_ANSWERS = frozenset({"prepared", "fetched", "append_ack", "isr_ack", "delete_ack"})
 _TERMED = frozenset({"prepare", "fetch", "append", "set_isr", "delete"})
+IO_NOTE_EVERY = 10.0  # seconds between two logged io_error notes of a node (the rest are counted)
 
 
 class NodeCore:
@@ -49,6 +50,8 @@ class NodeCore:
         self._notes: list[tuple[str, dict[str, Any]]] = []
         self._next_scan = -math.inf
         self.quiet_until = math.inf  # set when we first see ourselves alive (see settled())
+        self._io_noted = -math.inf   # when an io_error was last noted; later ones within
+        self._io_quiet = 0           # IO_NOTE_EVERY are only counted (a full disk fails every retry)
 
     # ----------------------------------------------------------------- the I/O edge's interface
 
@@ -132,7 +135,12 @@ class NodeCore:
             # cut what they could not finish) and nothing was acknowledged, so the state is one the
             # protocol knows: peers retry; a client is told, in one line.
             self.stats["io_error"] += 1
-            self.note("io_error", error=f"{exc.strerror or exc}", handling=t)
+            if now - self._io_noted >= IO_NOTE_EVERY:
+                self.note("io_error", error=f"{exc.strerror or exc}", handling=t, file=m.get("f", ""),
+                          since_last=self._io_quiet)
+                self._io_noted, self._io_quiet = now, 0
+            else:
+                self._io_quiet += 1
             if t in CLIENT_TYPES:
                 self.send(src, reply(m["rid"], IO_ERROR, primary=self.node_id))
             elif t == "append":  # tell the primary, so its waiting clients hear why, not a timeout

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,20 @@ from rainstorm.worker import Worker
 log = logging.getLogger(__name__)
 
 
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one, as Redis and Kafka nodes do: HyDFS keeps one
+    descriptor per stored file, so the common soft default of 1024 would cap a node near 1000 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft
+    return want
+
+
 @dataclass
 class NodeSpec:
     node_id: str
@@ -44,6 +59,7 @@ class NodeSpec:
 class Node:
     def __init__(self, spec: NodeSpec) -> None:
         self.spec = spec
+        self.fd_limit = raise_open_file_limit()  # before HyDFS opens a descriptor per stored file
         self.host, self.port = split_addr(spec.bind)
         key = derive_key(spec.secret)
         self.rpc = RpcServer(key)
@@ -99,6 +115,7 @@ class Node:
         self._stop.set()
 
     async def run(self) -> None:
+        log.info("open file limit", extra={"limit": self.fd_limit})
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
         (self.spec.data_dir / "node.json").write_text(json.dumps(
             {"id": self.spec.node_id, "address": self.spec.bind, "pid": os.getpid(),

@@ -536,6 +536,11 @@ def test_a_full_disk_on_the_primary_is_one_clear_error_on_a_replica_it_leaves_th
     assert r1 not in lead.isr and len(lead.isr) == 2
     assert len(sim.log(r1, F)) == 3
     assert append(sim, b"d;", cid="c2").index == 5
+    noted = sim.stats["note.io_error"]
+    sim.run_for(12.0)  # tried again every retry period; logged at most once per IO_NOTE_EVERY
+    core = sim.nodes[r1].core
+    assert core is not None and core.stats["io_error"] >= 10
+    assert sim.stats["note.io_error"] - noted <= 2
     del sim.nodes[r1].storage.append  # space again: it is filled and rejoins
     assert sim.run_until(lambda: r1 in primary(sim).leaders[F].isr, sim.now + 10)
     assert logs_identical(sim, owners(sim))

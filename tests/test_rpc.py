@@ -263,6 +263,48 @@ async def test_silent_connection_is_dropped_after_the_hello_timeout(monkeypatch:
     await srv.close()
 
 
+async def test_a_hello_without_an_authenticated_frame_is_dropped_after_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hello needs no key; holding a connection open does: one valid frame within the timeout."""
+    monkeypatch.setattr(rpc, "HELLO_TIMEOUT", 0.3)
+    srv, addr = await _server()
+    idle = await Raw.open(addr)          # sends its hello, then nothing
+    ok = await Raw.open(addr)
+    await ok.send(ok.request(1))
+    assert (await ok.reply())["r"] == 1
+    await asyncio.sleep(0.6)
+    assert await idle.hung_up()
+    assert srv.stats["hello"] == 1
+    await ok.send(ok.request(2))          # a connection that authenticated stays
+    assert (await ok.reply())["r"] == 2
+    idle.close()
+    ok.close()
+    await srv.close()
+
+
+async def test_connections_over_the_limit_are_closed_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rpc, "MAX_CONNS", 2)
+    srv, addr = await _server()
+    first, second = await Raw.open(addr), await Raw.open(addr)
+    host, port = rpc.split_addr(addr)
+    reader, writer = await asyncio.open_connection(host, port)
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed before even a hello
+    assert srv.stats["conns"] == 1
+    writer.close()
+    first.close()
+    for _ in range(100):                  # room again once one has gone
+        if len(srv._conns) < 2:
+            break
+        await asyncio.sleep(0.01)
+    third = await Raw.open(addr)
+    await third.send(third.request(3))
+    assert (await third.reply())["r"] == 3
+    for r in (second, third):
+        r.close()
+    await srv.close()
+
+
 async def test_bad_schema_and_bad_body_are_counted() -> None:
     srv, addr = await _server()
     r = await Raw.open(addr)
