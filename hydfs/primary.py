@@ -594,8 +594,8 @@ class Leader:
         self._reconfigure(now)
 
     def _failing(self, x: str, now: float) -> bool:
-        """A live in-sync member that cannot keep up: it could not write, or it has held back the
-        commit for ``lag_timeout`` (a mute or stuck node the membership layer still sees alive)."""
+        """A live in-sync member that cannot keep up: it could not write, or it is behind and has not
+        advanced for ``lag_timeout`` (a mute or stuck node the membership layer still sees alive)."""
         p = self.peers.get(x)
         if x == self.me or p is None:
             return False
