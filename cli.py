@@ -70,12 +70,12 @@ def _show_status(directory: Path, as_json: bool) -> None:
         _print_json({"nodes": rows})
         return
     _table("RainStorm cluster", rows,
-           ["id", "address", "pid", "redis_pid", "redis_port", "state", "membership", "roles"])
+           ["id", "address", "pid", "redis_pid", "redis_port", "state", "membership", "roles", "disk"])
 
 
 @cluster_app.command("status")
 def cluster_status(directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
-    """Nodes of the local cluster: id, address, pids, redis port, state."""
+    """Nodes of the local cluster: id, address, pids, redis port, state, and whether its disk takes writes."""
     _show_status(directory, as_json)
 
 

@@ -55,6 +55,7 @@ class ServerConfig:
 
 
 FSYNC_MODES = ("always", "interval")
+DISK_FAILING_FOR = 30.0  # seconds after the last write error during which a node's disk shows "failing"
 
 
 def _data_size(msg: dict[str, Any]) -> int:
@@ -111,6 +112,8 @@ class HydfsServer:
         self._mail: dict[str, _Mailbox] = {}
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._io_seen = 0                       # io errors counted when last looked at
+        self._io_last: float | None = None      # when the last one happened (monotonic)
         rpc.register("hydfs.msgs", self._on_msgs)
         rpc.register("hydfs.client", self._on_client)
         rpc.register("hydfs.info", self._on_info)
@@ -206,6 +209,8 @@ class HydfsServer:
             out = self.core.take_outgoing()
         for event, fields in self.core.take_notes():
             log.log(logging.ERROR if event.endswith("error") else logging.INFO, "hydfs %s", event, extra=fields)
+        if self.core.stats["io_error"] != self._io_seen:
+            self._io_seen, self._io_last = self.core.stats["io_error"], self.clock()
         return back
 
     async def _sender(self, dest: str) -> None:
@@ -287,6 +292,12 @@ class HydfsServer:
 
     async def _on_info(self, _a: dict[str, Any]) -> dict[str, Any]:
         return self.core.describe()
+
+    def health(self) -> dict[str, Any]:
+        """For ``node.info`` and ``rainstorm cluster status``: is this node's disk taking writes?"""
+        recent = self._io_last is not None and self.clock() - self._io_last < DISK_FAILING_FOR
+        return {"files": len(self.storage.names()), "io_errors": self._io_seen,
+                "disk": "failing" if recent else "ok"}
 
     def _reap_mailboxes(self) -> None:
         now = self.clock()

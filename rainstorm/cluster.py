@@ -219,6 +219,7 @@ def status(directory: Path) -> list[dict[str, Any]]:
                 "state": "up" if info else ("unresponsive" if running else "down"),
                 "membership": view.get(n["id"], "unknown"),
                 "roles": (info or {}).get("roles", []),
+                "disk": (info or {}).get("hydfs", {}).get("disk"),
             })
         return rows
 

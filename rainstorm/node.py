@@ -87,6 +87,7 @@ class Node:
             "redis_restarts": self.redis.restarts, "roles": self.roles, "leader": self.spec.leader,
             # bad MAC / version / size over UDP and TCP, plus well-signed gossip that fails its schema
             "dropped_frames": {**self.rpc.stats, "gossip_schema": self.gossip.swim.stats["schema"]},
+            "hydfs": self.hydfs.health(),
         }
 
     async def _members(self, _args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -90,6 +90,8 @@ def test_a_replica_with_a_full_disk_leaves_the_in_sync_set_and_the_files_go_on(s
             in_sync = {x["id"]: x["in_sync"] for x in ls["replicas"]}
             assert in_sync == {"node-1": True, "node-2": True, "node-3": False}, ls
         assert grew, "every file had node-3 as its primary: pick other names"
+        st = json.loads(run_cli("cluster", "status", "--json", "--dir", str(root), cwd=tmp_path, env=env).stdout)
+        assert {n["id"]: n["disk"] for n in st["nodes"]} == {"node-1": "ok", "node-2": "ok", "node-3": "failing"}
         for k, blob in enumerate(blobs):
             back = tmp_path / f"back{k}"
             assert run_cli("dfs", "get", f"f{k}", str(back), *at, cwd=tmp_path, env=env).returncode == 0
