@@ -54,10 +54,15 @@ def test_full_disk_is_one_clear_line_and_loses_nothing(small_disk: Path, tmp_pat
         c.down()
 
 
-def test_a_replica_with_a_full_disk_leaves_the_in_sync_set_and_the_files_go_on(small_disk: Path,
-                                                                                tmp_path: Path) -> None:
+def test_a_replica_with_a_full_disk_leaves_the_in_sync_set_and_the_files_go_on(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only node-3's disk is small. Once it is full, the files it holds go on with the two others:
-    creates and appends succeed, `ls` shows node-3 out of the in-sync set, reads are whole."""
+    creates and appends succeed, `ls` shows node-3 out of the in-sync set, reads are whole. The lag
+    rule is set far out of reach, so only node-3's "I could not write" (sent although its own sync
+    fails) can take it out of the sets in time."""
+    toml = tmp_path / "rainstorm.toml"
+    toml.write_text("[hydfs]\nlag_timeout = 600.0\n")
+    monkeypatch.setenv("RAINSTORM_CONFIG", str(toml))   # the node processes inherit it
     root = tmp_path / "cluster"
     (root / "node-3").mkdir(parents=True)
     res = subprocess.run(["mount", "--bind", str(small_disk), str(root / "node-3")], capture_output=True, text=True)
