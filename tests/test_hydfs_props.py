@@ -6,7 +6,7 @@ Every run is deterministic (seeded simulator, ``derandomize=True``), so a failur
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -221,61 +221,51 @@ def describe(sim: Sim) -> str:
 PROPS = settings(max_examples=100, derandomize=True, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-faults = st.lists(st.tuples(st.floats(0, 8, allow_nan=False),
-                            st.sampled_from(["crash", "crash", "restart", "restart", "isolate", "heal"]),
-                            st.integers(0, 5)), max_size=8)
+def workloads(kinds: list[str], until: float = 8.0, drops: tuple[float, ...] = (0.0, 0.05, 0.2),
+              delays: tuple[float, ...] = (0.005, 0.05, 0.3),
+              skews: tuple[float, ...] = (0.0, 0.1, 0.5)) -> st.SearchStrategy[Workload]:
+    """Up to 5 clients and 8 faults of ``kinds`` in the first ``until`` seconds, on 3-6 nodes."""
+    faults = st.lists(st.tuples(st.floats(0, until, allow_nan=False), st.sampled_from(kinds), st.integers(0, 5)),
+                      max_size=8)
+    return st.builds(Workload, nodes=st.integers(3, 6), clients=st.integers(1, 5), per_client=st.integers(1, 12),
+                     drop=st.sampled_from(drops), delay=st.sampled_from(delays), seed=st.integers(0, 2**16),
+                     faults=faults, skew=st.sampled_from(skews))
+
+
+def check_seeds(w: Workload, n: int) -> None:
+    """The workload under ``n`` network seeds (runs are ~10 ms each)."""
+    for k in range(n):
+        check(run(replace(w, seed=w.seed * n + k)))
 
 
 @PROPS
-@given(nodes=st.integers(3, 6), clients=st.integers(1, 5), per_client=st.integers(1, 12),
-       drop=st.sampled_from([0.0, 0.05, 0.2, 0.3]), delay=st.sampled_from([0.005, 0.05, 0.3, 0.8]),
-       skew=st.sampled_from([0.0, 0.1, 0.5, 1.5]), seed=st.integers(0, 2**16), faults=faults)
-def test_any_interleaving_with_two_failures(nodes: int, clients: int, per_client: int, drop: float, delay: float,
-                                            skew: float, seed: int, faults: list[tuple[float, str, int]]) -> None:
+@given(w=workloads(["crash", "crash", "restart", "restart", "isolate", "heal"], drops=(0.0, 0.05, 0.2, 0.3),
+                   delays=(0.005, 0.05, 0.3, 0.8), skews=(0.0, 0.1, 0.5, 1.5)))
+def test_any_interleaving_with_two_failures(w: Workload) -> None:
     """Up to 5 clients, up to 2 nodes down (crashed, or cut off) at once, drops, delays and
     disagreeing membership views: after everything is back and merged, every owner holds the same
     bytes, every acknowledged append is there exactly once at the index it was acknowledged at, each
     client's appends are in its order, no node ever committed a different history, and no copy is
-    left on a non-owner. Each example runs under three network seeds (runs are ~10 ms each)."""
-    for k in range(3):
-        check(run(Workload(nodes, clients, per_client, drop, delay, seed * 3 + k, faults, skew)))
-
-
-power_faults = st.lists(st.tuples(st.floats(0, 8, allow_nan=False),
-                                  st.sampled_from(["power", "power", "crash", "restart", "restart", "isolate", "heal"]),
-                                  st.integers(0, 5)), max_size=8)
+    left on a non-owner."""
+    check_seeds(w, 3)
 
 
 @PROPS
-@given(nodes=st.integers(3, 6), clients=st.integers(1, 5), per_client=st.integers(1, 12),
-       drop=st.sampled_from([0.0, 0.05, 0.2]), delay=st.sampled_from([0.005, 0.05, 0.3]),
-       skew=st.sampled_from([0.0, 0.1, 0.5]), seed=st.integers(0, 2**16), faults=power_faults)
-def test_machine_crashes_that_lose_unflushed_tails(nodes: int, clients: int, per_client: int, drop: float,
-                                                  delay: float, skew: float, seed: int,
-                                                  faults: list[tuple[float, str, int]]) -> None:
+@given(w=workloads(["power", "power", "crash", "restart", "restart", "isolate", "heal"]))
+def test_machine_crashes_that_lose_unflushed_tails(w: Workload) -> None:
     """``fsync = "interval"``: a machine crash cuts a node's logs back to some point since its last
     flush. Such a node counts as failed for the rest of the run (it lost acknowledged entries); with
     it, at most one more node down at a time. The same invariants as above hold."""
-    for k in range(2):
-        check(run(Workload(nodes, clients, per_client, drop, delay, seed * 2 + k, faults, skew)))
-
-
-disk_faults = st.lists(st.tuples(st.floats(0, 1.5, allow_nan=False),  # while the appends run
-                                 st.sampled_from(["full", "full", "space", "crash", "restart", "isolate", "heal"]),
-                                 st.integers(0, 5)), max_size=8)
+    check_seeds(w, 2)
 
 
 @PROPS
-@given(nodes=st.integers(3, 6), clients=st.integers(1, 5), per_client=st.integers(1, 12),
-       drop=st.sampled_from([0.0, 0.05, 0.2]), delay=st.sampled_from([0.005, 0.05, 0.3]),
-       skew=st.sampled_from([0.0, 0.1, 0.5]), seed=st.integers(0, 2**16), faults=disk_faults)
-def test_full_disks_come_and_go(nodes: int, clients: int, per_client: int, drop: float, delay: float,
-                                skew: float, seed: int, faults: list[tuple[float, str, int]]) -> None:
+@given(w=workloads(["full", "full", "space", "crash", "restart", "isolate", "heal"], until=1.5))  # while appends run
+def test_full_disks_come_and_go(w: Workload) -> None:
     """Disks fill (no log write succeeds) and get space again, alongside crashes and partitions, at
     most 2 nodes out at once counting full ones. A full replica leaves the in-sync set and rejoins
     later; appends refused by a full primary are retried under their key. The same invariants hold."""
-    for k in range(2):
-        check(run(Workload(nodes, clients, per_client, drop, delay, seed * 2 + k, faults, skew)))
+    check_seeds(w, 2)
 
 
 @PROPS
