@@ -248,7 +248,7 @@ class _ServerConn(_Endpoint):
     def __init__(self, owner: RpcServer) -> None:
         super().__init__(owner.key, owner.stats, owner._pool, owner._packers)
         self.owner = owner
-        self._hello_timer: asyncio.TimerHandle | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -260,17 +260,17 @@ class _ServerConn(_Endpoint):
             return
         super().connection_made(transport)
         self.owner._conns.add(self)
-        self._hello_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._no_hello)
+        self._auth_timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT, self._not_authenticated)
 
-    def _no_hello(self) -> None:
+    def _not_authenticated(self) -> None:
         """Anyone can send a hello; only the first authenticated frame proves the peer has the key."""
         if not self.closed:
             self._bad("hello")
 
     def _on_message(self, msg: Any) -> None:
-        if self._hello_timer is not None:  # the first frame passed its tag
-            self._hello_timer.cancel()
-            self._hello_timer = None
+        if self._auth_timer is not None:  # the first frame passed its tag
+            self._auth_timer.cancel()
+            self._auth_timer = None
         if not (isinstance(msg, dict) and isinstance(msg.get("i"), int)
                 and isinstance(msg.get("m"), str) and isinstance(msg.get("a", {}), dict)):
             raise FrameError("schema")
@@ -290,8 +290,8 @@ class _ServerConn(_Endpoint):
             t.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
         self.owner._conns.discard(self)
         super().connection_lost(exc)
 

@@ -219,7 +219,7 @@ class Client:
     async def getfromreplica(self, node_id: str, name: str) -> bytes:
         return (await self._from_replica(node_id, name, lambda now: self.core.get(name, now, replica=node_id))).data
 
-    async def _from_replica(self, node_id: str, name: str, start: Any) -> Result:
+    async def _from_replica(self, node_id: str, name: str, start: Callable[[float], int]) -> Result:
         if not self.addrs:
             await self.refresh()
         if node_id not in self.addrs:

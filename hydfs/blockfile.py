@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +58,6 @@ def block_parts(meta: dict[str, Any], data: bytes) -> tuple[bytes, bytes]:
     """``(header + meta, data)``: the two buffers of one block, written without joining them."""
     m = msgpack.packb(meta, use_bin_type=True)
     return HEADER.pack(MAGIC, len(m), len(data), crc32c.crc32c(data, crc32c.crc32c(m))) + m, data
-
-
-def encode_block(meta: dict[str, Any], data: bytes) -> bytes:
-    head, body = block_parts(meta, data)
-    return head + body
 
 
 def _pwritev(fd: int, bufs: list[bytes], pos: int) -> None:
@@ -152,12 +147,6 @@ class BlockFile:
         n = b.data_len - start if length is None else min(length, b.data_len - start)
         return os.pread(self.fd, max(0, n), b.data_offset + start) if n > 0 else b""
 
-    def iter_data(self, first: int = 0, last: int | None = None, chunk: int = CHUNK) -> Iterator[bytes]:
-        """Data of blocks ``first``..``last-1`` in chunks of at most ``chunk`` bytes."""
-        for i in range(first, len(self.blocks) if last is None else last):
-            for start in range(0, self.blocks[i].data_len, chunk):
-                yield self.read(i, start, chunk)
-
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -178,7 +167,7 @@ def write_atomic(path: Path, blocks: Iterable[tuple[dict[str, Any], bytes]]) -> 
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         for meta, data in blocks:
-            f.write(encode_block(meta, data))
+            f.writelines(block_parts(meta, data))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gossip.rpc import RemoteError, RpcClient, RpcServer, Unreachable
+from gossip.rpc import RemoteError, RpcClient, RpcServer
 from gossip.types import MemberEvent, MembershipView
 from hydfs.context import CoreConfig
 from hydfs.disk import DiskStorage
@@ -41,8 +41,8 @@ class ServerConfig:
     fsync_interval: float = 1.0   # how often written logs are fdatasynced in "interval" mode (as Redis everysec)
     send_bytes: int = 2 << 20     # entry data per node-to-node RPC
     send_inflight: int = 4        # RPCs to one node unanswered at a time
-    lag_timeout: float = 5.0      # an in-sync replica behind and not advancing this long (alive but
-    #                               mute or stuck) leaves the file's in-sync set until it catches up
+    lag_timeout: float = CoreConfig.lag_timeout  # an in-sync replica behind and not advancing this
+    #                               long (alive but mute or stuck) leaves the file's in-sync set
 
     def check(self) -> str | None:
         """What is wrong with these settings, if anything (one line)."""
@@ -248,7 +248,7 @@ class HydfsServer:
     async def _call(self, dest: str, addr: str, batch: list[dict[str, Any]]) -> None:
         try:
             answers = await self.rpc_client.call(addr, "hydfs.msgs", {"src": self.node_id, "ms": batch}, timeout=5.0)
-        except (Unreachable, Exception) as exc:  # the protocol resends what matters
+        except Exception as exc:  # Unreachable, RpcError, ...: the protocol resends what matters
             log.debug("send to %s failed: %s", dest, exc)
             await asyncio.sleep(0.05)
             return

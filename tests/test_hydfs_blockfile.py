@@ -14,9 +14,9 @@ def test_append_reopen_read(tmp_path: Path) -> None:
     bf.close()
     bf = BlockFile(p)
     assert [b.meta["i"] for b in bf.blocks] == [1, 2, 3]
-    assert b"".join(bf.iter_data()) == b"hello world"
+    assert b"".join(bf.read(i) for i in range(len(bf.blocks))) == b"hello world"
     assert bf.read(0, 2, 3) == b"llo"
-    assert list(bf.iter_data(chunk=4)) == [b"hell", b"o ", b"worl", b"d"]
+    assert bf.read(1, 3) == b"ld" and bf.read(1, 4, 9) == b"d" and bf.read(2) == b""
 
 
 def test_truncate_cuts_suffix(tmp_path: Path) -> None:
@@ -68,5 +68,6 @@ def test_write_atomic(tmp_path: Path) -> None:
     p = tmp_path / "f"
     write_atomic(p, [({"i": 0}, b"abc"), ({"i": 1}, b"def")])
     assert not (tmp_path / "f.tmp").exists()
-    assert b"".join(BlockFile(p).iter_data()) == b"abcdef"
+    back = BlockFile(p)
+    assert b"".join(back.read(i) for i in range(len(back.blocks))) == b"abcdef"
     assert HEADER.size == 20
