@@ -62,6 +62,7 @@ from rainstorm.config import Config
 console = Console(width=None if sys.stdout.isatty() else 200)
 CHUNK = MB  # entry size used to write files larger than this
 NODES = 5
+RECYCLED = " +recycled pages"  # the diagnostic kills of experiment 1 (see recycle_pages)
 
 
 @dataclass
@@ -293,8 +294,18 @@ class StallMonitor:
         return max(self.worst.values(), default=float("nan"))
 
 
+def recycle_pages(directory: Path, size: int) -> None:
+    """Write ``size`` bytes into a file and delete it: the freed page cache goes back on the free lists,
+    where the next new pages of any process come from, before the VM takes it back (~2 s later)."""
+    path = directory / "recycle.bin"
+    with open(path, "wb") as f:
+        for _ in range(0, size, MB):
+            f.write(b"\xa5" * MB)
+    path.unlink()
+
+
 async def rereplication_trial(b: Bench, size: int, kind: str, victim: str, avoid: str | None, rep: int,
-                              payload: bytes, timeout: float) -> dict[str, Any]:
+                              payload: bytes, timeout: float, recycle: bool = False) -> dict[str, Any]:
     ids = [n["id"] for n in b.c["nodes"]]
     name, expect = pick_name(f"rr/{kind}-{size}-{rep}-{time.monotonic_ns() % 10**6}", ids, victim, kind, avoid)
     cl = b.client()
@@ -311,6 +322,8 @@ async def rereplication_trial(b: Bench, size: int, kind: str, victim: str, avoid
             raise RuntimeError(f"{r} returned {len(got)} bytes of {name}, expected {size}")
     before = set(ls["replicas"])
     probe = Probe(b)
+    if recycle:
+        recycle_pages(b.dir, 2 * size)
     t0 = time.time()
     local.kill(b.dir, victim)
     monitor = StallMonitor(b, victim)
@@ -374,7 +387,8 @@ async def restart(b: Bench, victim: str, timeout: float) -> dict[str, Any]:
 
 
 async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_sizes: list[int], repeats: int,
-                            tag: str, out: list[dict[str, Any]], timeout: float = 60.0, quiet: float = 0.0) -> None:
+                            tag: str, out: list[dict[str, Any]], timeout: float = 60.0, quiet: float = 0.0,
+                            recycle: bool = False) -> None:
     """Appends one record per kill to ``out`` (kept if a later kill fails)."""
     payload = random.Random(1).randbytes(max(sizes + primary_sizes))
     ids = [n["id"] for n in b.c["nodes"]]
@@ -385,11 +399,11 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
         # the next victim in turn for which some file name keeps the last restarted node out of the way
         victim = next(v for j in range(len(ids)) if (v := ids[(k + j) % len(ids)]) != avoid
                       and _placeable(ids, v, kind, avoid))
-        rec = await rereplication_trial(b, size, kind, victim, avoid, rep, payload, timeout)
+        rec = await rereplication_trial(b, size, kind, victim, avoid, rep, payload, timeout, recycle)
         rec["kind"] += tag
         avoid = victim
         out.append(rec)
-        rec["rejoin"] = await restart(b, victim, 60.0 if tag else 20.0)
+        rec["rejoin"] = await restart(b, victim, 60.0 if "files" in tag else 20.0)
         if not rec["ok"]:
             say(f"  [1] {k + 1}/{len(trials)} {human(size):>7} kill {kind:7} {victim}: [red]no 3 live replicas "
                 f"within {timeout:g}s[/red] ({rec['flaps']} false failure declarations, worst node stall "
@@ -401,12 +415,12 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
                 f"stored, 3 holders: {rec['holders'] == 3}; written in {rec['put_s']:.2f}s; worst node stall "
                 f"{rec['stall'] * 1e3:.0f} ms; {rec['flaps']} false failure declarations)")
         rj = rec["rejoin"]
-        if tag or not rj["converged"]:
+        if "files" in tag or not rj["converged"]:
             say(f"      restart of {victim}: {'converged' if rj['converged'] else '[red]NOT converged[/red]'} after "
                 f"{rj['seconds']:.1f}s, worst node stall {rj['stall']:.2f}s, {rj['flaps']} false failure "
                 "declarations")
         if not rj["converged"]:
-            if tag:
+            if "files" in tag:
                 break  # the loaded runs come last: the finding is recorded, the cluster is not usable
             raise RuntimeError(f"{victim} restarted but the cluster did not converge: {rj['error']}")
         if quiet:
@@ -619,6 +633,9 @@ async def _appends(cl: Client, name: str, block: bytes, count: int) -> None:
 # ----------------------------------------------------------------------------- baselines
 
 
+SETTLE_IDLE = 3.0  # s of idle memory before a "settled" write: the VM's free page reporting waits ~2 s
+
+
 def baselines(plan: Plan, sizes: list[int], tmp: Path) -> dict[str, Any]:
     reps = plan.raw_repeats
     payload = random.Random(3).randbytes(max(sizes))
@@ -635,6 +652,14 @@ def baselines(plan: Plan, sizes: list[int], tmp: Path) -> dict[str, Any]:
                    for m in (4 * KB, 40 * KB, MB)}
     out["replicated"] = {mode: median([raw.replicated_rate(payload[:MB], 30, tmp, fsync=mode == "always")
                                        for _ in range(3)]) for mode in ("interval", "always")}
+    out["replicated_zero_copy"] = median([raw.zero_copy_replicated_rate(payload[:MB], 30, tmp) for _ in range(3)])
+    # what fresh page cache costs here: right after the same amount was freed, and once settled
+    goal = payload[:min(20 * MB, len(payload))]
+    out["new_file"] = {"size": len(goal),
+                       "recycled": median(raw.new_file_write(goal, tmp / "nf.bin", 3, 0.0)),
+                       "settled": median(raw.new_file_write(goal, tmp / "nf.bin", 3, SETTLE_IDLE))}
+    out["growing"] = {"recycled": raw.growing_file_rate(payload[:MB], 30, tmp / "g.bin", 0.0),
+                      "settled": raw.growing_file_rate(payload[:MB], 30, tmp / "g.bin", SETTLE_IDLE)}
     out["rate_stream"] = len(payload[:100 * MB]) / median(raw.loopback_copy(payload[:100 * MB], 3)) \
         if len(payload) >= 100 * MB else None
     # round trips of one file-sized message each: what 2000 sequential gets cost without HyDFS
@@ -671,6 +696,11 @@ async def run(directory: Path, cluster: dict[str, Any], plan: Plan, only: set[st
             res["1"] = []
             await step("experiment 1", exp_rereplication(b, plan, plan.sizes, plan.primary_sizes, plan.repeats, "",
                                                          res["1"]))
+            if 20 * MB in plan.sizes:
+                say("[bold]experiment 1, diagnostic: 20 MB kills with 40 MB of page cache freed just before "
+                    "each (the new replica writes into recycled pages, not memory the VM must back again)[/bold]")
+                await step("experiment 1 (recycled pages)", exp_rereplication(
+                    b, plan, [20 * MB], [], plan.repeats, RECYCLED, res["1"], recycle=True))
             await asyncio.sleep(settle)  # the last restarted node settles before anything else runs
         if "3" in only:
             say("[bold]experiment 3: merge after 4 KB appends[/bold]")

@@ -8,6 +8,14 @@
   end with no copy through user space (``sendfile`` out, ``splice`` in): the least a copy that
   lands in a file costs here, for any design;
 * ``disk_write``: write the bytes to a local file and fsync it;
+* ``new_file_write``: write the bytes into a new file (no fsync), once right after the same amount
+  of memory was freed and once after the memory has been idle a few seconds. On a VM that hands
+  free guest memory back to its host (virtio-balloon free page reporting), the second must wait for
+  the host to back every page again: that is what a node writing a new replica pays;
+* ``growing_file_rate``: bytes per second appended to one growing file, the page-cache cost each
+  replica of an append pays at least;
+* ``zero_copy_replicated_rate``: ``replicated_rate`` with no copy through user space past the
+  client's send (``splice`` and ``tee``);
 * ``replicated_rate``: the least any 3-way replicated append can do: a client sends each message to
   a forwarder that writes it to a file and sends it on to two receivers that write it to theirs; the
   client's answer comes once both have it (sequential, like the appends measured against it).
@@ -240,6 +248,43 @@ def disk_write(data: bytes, path: Path, repeats: int) -> list[float]:
     return out
 
 
+def new_file_write(data: bytes, path: Path, repeats: int, idle: float) -> list[float]:
+    """Seconds to write ``data`` into a new file (page cache only, no fsync), each after ``idle``
+    seconds with nothing written. The file is unlinked after each repeat, so with ``idle=0`` the
+    next write gets back the pages just freed, and with a few seconds of idle time it gets what the
+    machine's free memory costs once it has settled."""
+    out = []
+    for _ in range(repeats):
+        path.unlink(missing_ok=True)
+        time.sleep(idle)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            t0 = time.perf_counter()
+            for pos in range(0, len(data), BUF):
+                os.pwrite(fd, memoryview(data)[pos:pos + BUF], pos)
+            out.append(time.perf_counter() - t0)
+        finally:
+            os.close(fd)
+    path.unlink(missing_ok=True)
+    return out
+
+
+def growing_file_rate(msg: bytes, count: int, path: Path, idle: float) -> float:
+    """Bytes per second for ``count`` writes of ``msg``, each at the end of one growing file, after
+    ``idle`` seconds with nothing written (see :func:`new_file_write`)."""
+    time.sleep(idle)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        t0 = time.perf_counter()
+        for k in range(count):
+            os.pwrite(fd, msg, k * len(msg))
+        took = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return len(msg) * count / took
+
+
 def primitives(size: int, path: Path, repeats: int = 20) -> dict[str, float]:
     """Median seconds of the passes over ``size`` bytes that HyDFS's data path makes (one of each):
     the frame tag (AES-GMAC; HMAC-SHA256 is what the UDP frames and the old TCP frames use),
@@ -296,3 +341,141 @@ def primitives(size: int, path: Path, repeats: int = 20) -> dict[str, float]:
     }
     path.unlink(missing_ok=True)
     return res
+
+
+def _tee(fd_in: int, fd_out: int, n: int) -> int:
+    """``tee(2)``, which :mod:`os` lacks: duplicate up to ``n`` bytes of one pipe into another."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+    libc.tee.restype = ctypes.c_ssize_t
+    got = libc.tee(fd_in, fd_out, n, 0)
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(got)
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    with contextlib.suppress(OSError):  # 1 MiB: one splice per 1 MB message
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, BUF)
+    return r, w
+
+
+def _splice_all(src: int, dst: int, n: int, offset_dst: int | None = None) -> None:
+    moved = 0
+    while moved < n:
+        if offset_dst is None:
+            got = os.splice(src, dst, n - moved)
+        else:
+            got = os.splice(src, dst, n - moved, offset_dst=offset_dst + moved)
+        if got == 0:
+            raise ConnectionError("splice: the other end closed")
+        moved += got
+
+
+def zero_copy_replicated_rate(msg: bytes, count: int, tmp: Path) -> float:
+    """Bytes per second for ``count`` sequential messages, each landing in three files with no copy
+    through user space past the client's send: the forwarder splices the socket into a pipe, ``tee``s
+    it into one pipe per receiver, splices those to the receivers' sockets and the first into its own
+    file; each receiver splices its socket into its file; the client's answer comes once all three
+    hold the message. No framing, no checks, no authentication: the least any 3-way replicated append
+    that lands in files over loopback TCP can cost on this machine, whatever its language."""
+    errors: list[BaseException] = []
+    servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
+    ports = [s.getsockname()[1] for s in servers]
+    paths = [tmp / f"zr{k}.bin" for k in range(3)]
+
+    def accept(srv: socket.socket) -> socket.socket:
+        srv.settimeout(30)
+        conn, _ = srv.accept()
+        srv.close()
+        conn.settimeout(None)  # splice needs blocking fds
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def receiver(k: int) -> None:
+        try:
+            conn = accept(servers[k])
+            r, w = _pipe()
+            fd = os.open(paths[k], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            pos = 0
+            with conn:
+                while True:
+                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+                    if len(head) < HEADER.size:
+                        return
+                    (left,) = HEADER.unpack(head)
+                    while left:
+                        n = os.splice(conn.fileno(), w, min(BUF, left))
+                        if n == 0:
+                            return
+                        _splice_all(r, fd, n, pos)
+                        pos += n
+                        left -= n
+                    conn.sendall(b"k")
+        except BaseException as exc:  # surfaced by the caller
+            errors.append(exc)
+
+    def forwarder() -> None:
+        try:
+            conn = accept(servers[0])
+            outs = []
+            for p in ports[1:]:
+                s = socket.create_connection(("127.0.0.1", p), timeout=30)
+                s.settimeout(None)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                outs.append(s)
+            a = _pipe()
+            copies = [_pipe() for _ in outs]
+            fd = os.open(paths[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            pos = 0
+            with conn:
+                while True:
+                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+                    if len(head) < HEADER.size:
+                        return
+                    (left,) = HEADER.unpack(head)
+                    for s in outs:
+                        s.sendall(head)
+                    while left:
+                        n = os.splice(conn.fileno(), a[1], min(BUF, left))
+                        if n == 0:
+                            return
+                        for (cr, cw), s in zip(copies, outs, strict=True):
+                            if _tee(a[0], cw, n) != n:  # the copy pipes are empty and as large as a
+                                raise OSError("tee duplicated less than the chunk")
+                            _splice_all(cr, s.fileno(), n)
+                        _splice_all(a[0], fd, n, pos)
+                        pos += n
+                        left -= n
+                    for s in outs:
+                        if s.recv(1) != b"k":
+                            return
+                    conn.sendall(b"k")
+            for s in outs:
+                s.close()
+        except BaseException as exc:  # surfaced by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=receiver, args=(k,), daemon=True) for k in (1, 2)]
+    threads.append(threading.Thread(target=forwarder, daemon=True))
+    for th in threads:
+        th.start()
+    try:
+        with _connect(ports[0]) as s:
+            _send(s, msg)
+            t0 = time.perf_counter()
+            for _ in range(count):
+                _send(s, msg)
+            took = time.perf_counter() - t0
+    finally:
+        for th in threads:
+            th.join(10)
+        for p in paths:
+            p.unlink(missing_ok=True)
+    if errors:
+        raise errors[0]
+    return len(msg) * count / took
