@@ -15,7 +15,7 @@
 * ``growing_file_rate``: bytes per second appended to one growing file, the page-cache cost each
   replica of an append pays at least;
 * ``zero_copy_replicated_rate``: ``replicated_rate`` with no copy through user space past the
-  client's send (``splice`` and ``tee``);
+  client's send (``splice`` and ``tee``); on this VM no clear gain over it;
 * ``replicated_rate``: the least any 3-way replicated append can do: a client sends each message to
   a forwarder that writes it to a file and sends it on to two receivers that write it to theirs; the
   client's answer comes once both have it (sequential, like the appends measured against it).
@@ -33,6 +33,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HEADER = struct.Struct(">Q")
@@ -63,13 +64,9 @@ class _Receiver:
                 nexts = [_connect(p) for p in self.forward]
                 buf = bytearray(BUF)
                 view = memoryview(buf)
-                while True:
-                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
-                    if len(head) < HEADER.size:
-                        return
-                    (left,) = HEADER.unpack(head)
+                for left in _lengths(conn):
                     for nx in nexts:
-                        nx.sendall(head)
+                        nx.sendall(HEADER.pack(left))
                     if self.to_disk and not self.forward:
                         self.to_disk.unlink(missing_ok=True)  # a new file, as a new replica writes one
                     out = open(self.to_disk, "ab" if self.forward else "wb") if self.to_disk else None
@@ -98,6 +95,16 @@ class _Receiver:
             self.error = exc
         finally:
             self.sock.close()
+
+
+def _lengths(conn: socket.socket) -> Iterator[int]:
+    """The length of each message on ``conn`` (``length | bytes``; the caller reads the bytes), until EOF."""
+    while True:
+        head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+        if len(head) < HEADER.size:
+            return
+        (n,) = HEADER.unpack(head)
+        yield n
 
 
 def _connect(port: int) -> socket.socket:
@@ -180,11 +187,7 @@ def zero_copy_into_file(data: bytes, tmp: Path, repeats: int) -> list[float]:
             with contextlib.suppress(OSError):  # a 1 MiB pipe: 16x fewer splice calls than the default
                 fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, BUF)
             with conn:
-                while True:
-                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
-                    if len(head) < HEADER.size:
-                        return
-                    (left,) = HEADER.unpack(head)
+                for left in _lengths(conn):
                     dst.unlink(missing_ok=True)
                     fd = os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644)
                     try:
@@ -379,67 +382,34 @@ def _splice_all(src: int, dst: int, n: int, offset_dst: int | None = None) -> No
 def zero_copy_replicated_rate(msg: bytes, count: int, tmp: Path) -> float:
     """Bytes per second for ``count`` sequential messages, each landing in three files with no copy
     through user space past the client's send: the forwarder splices the socket into a pipe, ``tee``s
-    it into one pipe per receiver, splices those to the receivers' sockets and the first into its own
-    file; each receiver splices its socket into its file; the client's answer comes once all three
-    hold the message. No framing, no checks, no authentication: the least any 3-way replicated append
-    that lands in files over loopback TCP can cost on this machine, whatever its language."""
+    it into one pipe per receiver, splices those to the receivers' sockets and the original into its
+    own file; each receiver splices its socket into its file; the client's answer comes once all
+    three hold the message. No framing, no checks, no authentication: the kernel-only counterpart of
+    :func:`replicated_rate`."""
     errors: list[BaseException] = []
     servers = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
     ports = [s.getsockname()[1] for s in servers]
     paths = [tmp / f"zr{k}.bin" for k in range(3)]
 
-    def accept(srv: socket.socket) -> socket.socket:
-        srv.settimeout(30)
-        conn, _ = srv.accept()
-        srv.close()
-        conn.settimeout(None)  # splice needs blocking fds
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
-    def receiver(k: int) -> None:
+    def node(k: int, forward: list[int]) -> None:
+        """Node ``k``: splices each message into its file and, tee'd, on to the nodes on ``forward``."""
         try:
-            conn = accept(servers[k])
-            r, w = _pipe()
+            servers[k].settimeout(30)
+            conn, _ = servers[k].accept()
+            servers[k].close()
+            conn.settimeout(None)  # splice needs blocking fds
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            outs = [_connect(p) for p in forward]
+            for s in outs:
+                s.settimeout(None)
+            a = _pipe()
+            copies = [_pipe() for _ in outs]
             fd = os.open(paths[k], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             pos = 0
             with conn:
-                while True:
-                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
-                    if len(head) < HEADER.size:
-                        return
-                    (left,) = HEADER.unpack(head)
-                    while left:
-                        n = os.splice(conn.fileno(), w, min(BUF, left))
-                        if n == 0:
-                            return
-                        _splice_all(r, fd, n, pos)
-                        pos += n
-                        left -= n
-                    conn.sendall(b"k")
-        except BaseException as exc:  # surfaced by the caller
-            errors.append(exc)
-
-    def forwarder() -> None:
-        try:
-            conn = accept(servers[0])
-            outs = []
-            for p in ports[1:]:
-                s = socket.create_connection(("127.0.0.1", p), timeout=30)
-                s.settimeout(None)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                outs.append(s)
-            a = _pipe()
-            copies = [_pipe() for _ in outs]
-            fd = os.open(paths[0], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            pos = 0
-            with conn:
-                while True:
-                    head = conn.recv(HEADER.size, socket.MSG_WAITALL)
-                    if len(head) < HEADER.size:
-                        return
-                    (left,) = HEADER.unpack(head)
+                for left in _lengths(conn):
                     for s in outs:
-                        s.sendall(head)
+                        s.sendall(HEADER.pack(left))
                     while left:
                         n = os.splice(conn.fileno(), a[1], min(BUF, left))
                         if n == 0:
@@ -455,13 +425,11 @@ def zero_copy_replicated_rate(msg: bytes, count: int, tmp: Path) -> float:
                         if s.recv(1) != b"k":
                             return
                     conn.sendall(b"k")
-            for s in outs:
-                s.close()
         except BaseException as exc:  # surfaced by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=receiver, args=(k,), daemon=True) for k in (1, 2)]
-    threads.append(threading.Thread(target=forwarder, daemon=True))
+    threads = [threading.Thread(target=node, args=(k, []), daemon=True) for k in (1, 2)]
+    threads.append(threading.Thread(target=node, args=(0, ports[1:]), daemon=True))
     for th in threads:
         th.start()
     try:
