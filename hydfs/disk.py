@@ -14,6 +14,13 @@ many files it touched. A membership change that moves 1000 files costs a handful
 the edge takes the written logs (:meth:`take_unsynced`) every ``fsync_interval`` and fdatasyncs
 them in a thread, off the event loop.
 
+**A full disk.** The journal keeps ``journal_reserve`` bytes of disk space allocated past its end
+(``fallocate`` with ``KEEP_SIZE``), taken again whenever half of it is used. So once the data has
+filled the disk, the node can still persist its promises and in-sync-set changes: it keeps
+answering its peers, a takeover or a create does not wait for it, and only its data writes fail.
+A compaction the full disk refuses is skipped (the old journal stays valid) and tried again after
+1024 more records.
+
 At start-up the journal and every log are scanned once: torn tails are cut, logs the journal does
 not name (created by a batch that never reached its sync) are removed, and the entries' metadata
 (not their data) stays in memory. The most recent entries' data is kept too (``tail_bytes``), so a
@@ -56,10 +63,14 @@ class _File:
 
 
 class DiskStorage:
-    def __init__(self, root: Path, fsync_data: bool = True, tail_bytes: int = 16 << 20) -> None:
+    def __init__(self, root: Path, fsync_data: bool = True, tail_bytes: int = 16 << 20,
+                 journal_reserve: int = 1 << 20) -> None:
         self.root = root
         self.fsync_data = fsync_data
         self.tail_bytes = tail_bytes
+        self.journal_reserve = journal_reserve
+        self.compact_failures = 0  # journal compactions a full disk refused (the journal just grows)
+        self._compact_floor = 0    # no compaction below this many records (raised after a failure)
         root.mkdir(parents=True, exist_ok=True)
         if any(root.glob("*.meta")):
             raise StorageError(f"{root} holds HyDFS data in an older on-disk format; move it away to start afresh")
@@ -72,6 +83,7 @@ class DiskStorage:
         self.syncs = 0            # fsync/fdatasync calls made (benchmarks and tests read it)
         self._dir_dirty = not (root / JOURNAL).exists()  # a new name in the directory: fsync it too
         self.journal = BlockFile(root / JOURNAL)
+        self.journal.reserve(self.journal_reserve)
         self.recovered_bytes += self.journal.cut_bytes
         metas: dict[str, dict[str, Any] | None] = {}
         for b in self.journal.blocks:
@@ -109,8 +121,14 @@ class DiskStorage:
             self.syncs += 1
         self._pending.clear()  # only once durable: after a failed sync the records are written again
         self.syncs += 1
-        if len(self.journal.blocks) > max(1024, 4 * len(self._files)):
-            self._compact()
+        if len(self.journal.blocks) > max(1024, 4 * len(self._files), self._compact_floor):
+            try:
+                self._compact()
+            except OSError:  # a full disk: the records are durable in the old journal, which goes on
+                self.compact_failures += 1
+                self._compact_floor = len(self.journal.blocks) + 1024
+        if self.journal.reserved_to - self.journal.size < self.journal_reserve // 2:
+            self.journal.reserve(self.journal_reserve)  # may fail on a full disk: tried again next sync
 
     def flush_data(self) -> None:
         """fdatasync every log written since its last sync."""
@@ -136,6 +154,7 @@ class DiskStorage:
                             for f in self._files.values()])
         self.journal.close()
         self.journal = BlockFile(path)
+        self.journal.reserve(self.journal_reserve)
         self.syncs += 2
 
     def _record(self, f: _File) -> None:
