@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import struct
 from collections.abc import Iterable
@@ -78,16 +79,24 @@ def _pwritev(fd: int, bufs: list[bytes], pos: int) -> None:
 FALLOC_FL_KEEP_SIZE = 1  # linux/falloc.h: allocate blocks past the end without moving it
 
 
+@functools.cache
+def _libc_fallocate() -> Any:
+    """libc's ``fallocate(2)`` (:mod:`os` has only ``posix_fallocate``, which moves the end), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
 def _fallocate_keep_size(fd: int, offset: int, length: int) -> bool:
     """Allocate disk space for ``[offset, offset + length)`` without changing the file's size, so later
     writes there cannot fail for lack of space. False where the system or file system cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.fallocate
-    except (OSError, AttributeError):
+    fn = _libc_fallocate()
+    if fn is None:
         return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
     if fn(fd, FALLOC_FL_KEEP_SIZE, offset, length) == 0:
         return True
     err = ctypes.get_errno()
