@@ -150,8 +150,14 @@ class DiskStorage:
 
     def _compact(self) -> None:
         path = self.root / JOURNAL
-        write_atomic(path, [({"n": f.name, "m": f.meta.to_dict() if f.meta else None}, b"")
-                            for f in self._files.values()])
+        try:
+            write_atomic(path, [({"n": f.name, "m": f.meta.to_dict() if f.meta else None}, b"")
+                                for f in self._files.values()])
+        except OSError:
+            if os.stat(path).st_ino == os.fstat(self.journal.fd).st_ino:
+                raise  # the old journal is still the one on disk: go on with it
+            # the new one was renamed into place before the failure (the directory's fsync): records
+            # must go there from now on, not to the unlinked old one
         self.journal.close()
         self.journal = BlockFile(path)
         self.journal.reserve(self.journal_reserve)

@@ -173,3 +173,27 @@ def test_tail_cache_answers_like_the_disk(tmp_path: Path) -> None:
     s.close()
     cold = DiskStorage(tmp_path, tail_bytes=0)
     assert warm == cold.read("f", 1, 9) == [*(_e(i, data=bytes([i]) * 100) for i in range(1, 5)), _e(5, 2, b"new")]
+
+
+def test_compaction_that_fails_after_its_rename_goes_on_in_the_new_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory's fsync after the rename fails: later records must land in the renamed-in journal,
+    not in the unlinked old one, or a restart would lose them."""
+    import hydfs.blockfile
+
+    s = DiskStorage(tmp_path)
+    real = hydfs.blockfile.fsync_dir
+
+    def failing(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    for term in range(1, 1100):  # one compaction, at the 1025th record
+        s.put_meta("f", FileMeta(term=term, leader="node-1", created=1))
+        s.sync()
+        if term == 1:  # the first sync fsyncs the new directory entry; from here on only a compaction does
+            monkeypatch.setattr(hydfs.blockfile, "fsync_dir", failing)
+    monkeypatch.setattr(hydfs.blockfile, "fsync_dir", real)
+    assert len(s.journal.blocks) < 100  # the compaction happened, and records went on in the new journal
+    s.close()
+    meta = DiskStorage(tmp_path).meta("f")
+    assert meta is not None and meta.term == 1099
