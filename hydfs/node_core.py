@@ -144,11 +144,7 @@ class NodeCore:
             if t in CLIENT_TYPES:
                 self.send(src, reply(m["rid"], IO_ERROR, primary=self.node_id))
             elif t == "append":  # tell the primary, so its waiting clients hear why, not a timeout
-                meta = self.storage.meta(m["f"])
-                self.send(src, {"t": "append_ack", "f": m["f"], "term": m["term"], "ok": False,
-                                "promised": meta.term if meta else 0, "match": 0,
-                                "last": self.storage.last(m["f"])[0], "runs": None, "ver": None,
-                                "trusted": False, "io": True})
+                self.send(src, replica.io_nack(self, m))
 
     # ----------------------------------------------------------------- Host (for replica / primary)
 

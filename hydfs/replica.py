@@ -101,6 +101,13 @@ def _ack(m: Msg, ok: bool, promised: int, match: int, last: int, runs: list[tupl
             "ver": list(meta.ver) if meta.ver else None, "trusted": trusted}
 
 
+def io_nack(h: Host, m: Msg) -> Msg:
+    """The answer to an append this node could not write (full or failing disk): it promises nothing,
+    so it may go out although the node's own sync failed, and the primary takes the node out of the set."""
+    meta = h.storage.meta(m["f"]) or FileMeta()
+    return {**_ack(m, False, meta.term, 0, h.storage.last(m["f"])[0], None, meta, False), "io": True}
+
+
 def on_set_isr(h: Host, src: str, m: Msg) -> None:
     name = m["f"]
     meta, ok = _promise(h, name, m["term"], src)
