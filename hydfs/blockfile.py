@@ -91,39 +91,47 @@ def _libc_fallocate() -> Any:
     return fn
 
 
-def _fallocate_keep_size(fd: int, offset: int, length: int) -> bool:
+def _fallocate_keep_size(fd: int, offset: int, length: int) -> int:
     """Allocate disk space for ``[offset, offset + length)`` without changing the file's size, so later
-    writes there cannot fail for lack of space. False where the system or file system cannot."""
+    writes there cannot fail for lack of space: 0, or the errno of why not (``ENOSPC``, or
+    ``EOPNOTSUPP`` where the system or file system cannot)."""
     fn = _libc_fallocate()
     if fn is None:
-        return False
+        return errno.EOPNOTSUPP
     if fn(fd, FALLOC_FL_KEEP_SIZE, offset, length) == 0:
-        return True
+        return 0
     err = ctypes.get_errno()
-    if err in (errno.ENOSPC, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EFBIG):
-        return False
+    if err in (errno.ENOSPC, errno.EFBIG):
+        return errno.ENOSPC
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return errno.EOPNOTSUPP
     raise OSError(err, os.strerror(err))
 
 
 class BlockFile:
-    def __init__(self, path: Path) -> None:
+    """``reserve``: bytes of disk space kept allocated past the end, taken again whenever half of it is
+    used (and after a truncation, which gives it back), so appends into it succeed on a disk that has
+    filled up since. Nothing is reserved where the file system cannot."""
+
+    def __init__(self, path: Path, reserve: int = 0) -> None:
         self.path = path
         self.blocks: list[Block] = []
         self.cut_bytes = 0  # torn tail removed at open
         self.dirty = False  # written since the last sync
-        self.reserved_to = 0  # disk space is allocated up to here (see reserve)
+        self.reserve = reserve
+        self.reserved_to = 0  # disk space is allocated up to here
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._scan()
+        self._top_up()
 
-    def reserve(self, nbytes: int) -> bool:
-        """Make sure the next ``nbytes`` past the end have disk space, so appends into them succeed on a
-        disk that has since filled up. A truncation gives the space back, so it is asked for again."""
-        if self.reserved_to - self.size >= nbytes:
-            return True
-        if not _fallocate_keep_size(self.fd, self.size, nbytes):
-            return False
-        self.reserved_to = self.size + nbytes
-        return True
+    def _top_up(self) -> None:
+        if self.reserve and self.reserved_to - self.size < self.reserve // 2:
+            err = _fallocate_keep_size(self.fd, self.size, self.reserve)
+            if err == 0:
+                self.reserved_to = self.size + self.reserve
+            elif err == errno.EOPNOTSUPP:
+                self.reserve = 0  # this file system cannot: do not ask on every append
+            # ENOSPC: the disk is full now; asked again on the next append
 
     def _scan(self) -> None:
         fd = self.fd
@@ -175,6 +183,7 @@ class BlockFile:
             raise
         self.dirty = True
         self.blocks.extend(out)
+        self._top_up()
         return out
 
     def truncate(self, count: int) -> None:

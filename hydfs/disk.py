@@ -82,8 +82,7 @@ class DiskStorage:
         self.recovered_bytes = 0  # torn tails cut at start-up
         self.syncs = 0            # fsync/fdatasync calls made (benchmarks and tests read it)
         self._dir_dirty = not (root / JOURNAL).exists()  # a new name in the directory: fsync it too
-        self.journal = BlockFile(root / JOURNAL)
-        self.journal.reserve(self.journal_reserve)
+        self.journal = BlockFile(root / JOURNAL, self.journal_reserve)
         self.recovered_bytes += self.journal.cut_bytes
         metas: dict[str, dict[str, Any] | None] = {}
         for b in self.journal.blocks:
@@ -127,8 +126,6 @@ class DiskStorage:
             except OSError:  # a full disk: the records are durable in the old journal, which goes on
                 self.compact_failures += 1
                 self._compact_floor = len(self.journal.blocks) + 1024
-        if self.journal.reserved_to - self.journal.size < self.journal_reserve // 2:
-            self.journal.reserve(self.journal_reserve)  # may fail on a full disk: tried again next sync
 
     def flush_data(self) -> None:
         """fdatasync every log written since its last sync."""
@@ -159,8 +156,7 @@ class DiskStorage:
             # the new one was renamed into place before the failure (the directory's fsync): records
             # must go there from now on, not to the unlinked old one
         self.journal.close()
-        self.journal = BlockFile(path)
-        self.journal.reserve(self.journal_reserve)
+        self.journal = BlockFile(path, self.journal_reserve)
         self.syncs += 2
 
     def _record(self, f: _File) -> None:
