@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,35 +16,13 @@ import pytest
 from hydfs.disk import JOURNAL, DiskStorage
 from hydfs.entries import Entry
 from hydfs.storage import FileMeta
+from tests.conftest import fill, small_tmpfs
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def fill(disk: Path) -> Path:
-    """Write a filler file until the file system refuses a single byte more."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 16, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    with pytest.raises(OSError):
-        (disk / "probe").write_bytes(b"x" * 4096)
-    return filler
 
 
 def _e(i: int, data: bytes = b"x") -> Entry:

@@ -14,24 +14,15 @@ from pathlib import Path
 import pytest
 
 from hydfs.ring import Ring
-from tests.conftest import LocalCluster, run_cli
-from tests.test_hydfs_disk_full import fill
+from tests.conftest import LocalCluster, fill, run_cli, small_tmpfs
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip() or res.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "40m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_full_disk_is_one_clear_line_and_loses_nothing(small_disk: Path, tmp_path: Path) -> None:
