@@ -388,8 +388,9 @@ async def restart(b: Bench, victim: str, timeout: float) -> dict[str, Any]:
 
 async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_sizes: list[int], repeats: int,
                             tag: str, out: list[dict[str, Any]], timeout: float = 60.0, quiet: float = 0.0,
-                            recycle: bool = False) -> None:
-    """Appends one record per kill to ``out`` (kept if a later kill fails)."""
+                            recycle: bool = False, loaded: bool = False) -> None:
+    """Appends one record per kill to ``out`` (kept if a later kill fails). ``loaded``: the runs with
+    the files of experiments 5-7 present (slower restarts, and the last runs of the bench)."""
     payload = random.Random(1).randbytes(max(sizes + primary_sizes))
     ids = [n["id"] for n in b.c["nodes"]]
     trials = [(s, "replica", r) for r in range(repeats) for s in sizes]
@@ -403,7 +404,7 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
         rec["kind"] += tag
         avoid = victim
         out.append(rec)
-        rec["rejoin"] = await restart(b, victim, 60.0 if "files" in tag else 20.0)
+        rec["rejoin"] = await restart(b, victim, 60.0 if loaded else 20.0)
         if not rec["ok"]:
             say(f"  [1] {k + 1}/{len(trials)} {human(size):>7} kill {kind:7} {victim}: [red]no 3 live replicas "
                 f"within {timeout:g}s[/red] ({rec['flaps']} false failure declarations, worst node stall "
@@ -415,12 +416,12 @@ async def exp_rereplication(b: Bench, plan: Plan, sizes: list[int], primary_size
                 f"stored, 3 holders: {rec['holders'] == 3}; written in {rec['put_s']:.2f}s; worst node stall "
                 f"{rec['stall'] * 1e3:.0f} ms; {rec['flaps']} false failure declarations)")
         rj = rec["rejoin"]
-        if "files" in tag or not rj["converged"]:
+        if loaded or not rj["converged"]:
             say(f"      restart of {victim}: {'converged' if rj['converged'] else '[red]NOT converged[/red]'} after "
                 f"{rj['seconds']:.1f}s, worst node stall {rj['stall']:.2f}s, {rj['flaps']} false failure "
                 "declarations")
         if not rj["converged"]:
-            if "files" in tag:
+            if loaded:
                 break  # the loaded runs come last: the finding is recorded, the cluster is not usable
             raise RuntimeError(f"{victim} restarted but the cluster did not converge: {rj['error']}")
         if quiet:
@@ -725,7 +726,7 @@ async def run(directory: Path, cluster: dict[str, Any], plan: Plan, only: set[st
                     "still in HyDFS[/bold]")
                 await step("experiment 1 (loaded)", exp_rereplication(
                     b, plan, plan.loaded_sizes, [], plan.loaded_repeats, f" +{plan.files} files", res["1"],
-                    timeout=plan.loaded_timeout, quiet=plan.loaded_quiet))
+                    timeout=plan.loaded_timeout, quiet=plan.loaded_quiet, loaded=True))
         for k in [k for k, v in res.items() if v is None or v == []]:
             del res[k]
         if errors:
