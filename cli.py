@@ -416,7 +416,7 @@ def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None
     target = locate(at, directory)
     stored = f"rs/jobs/{job}-{uuid.uuid4().hex[:8]}.py"
     spec = {"job_file": stored, "job_name": job_file.name, "src": src, "dest": dest, "tasks": tasks,
-            "args": args, "rate": rate, "follow": follow}
+            "args": args, "rate": rate, "follow": follow, "block": configmod.load(None).worker.source_block}
     names = [plan.task_name(r) for r in plan.tasks()]
 
     async def body(rpc: Any) -> Any:
@@ -493,13 +493,14 @@ def wait(name: str, timeout: Annotated[float, typer.Option("--timeout", help="Se
     import time
 
     start = time.monotonic()
-    while True:
-        j = _job(at, directory, name)
+    _job(at, directory, name)   # an unknown job is one clear line
+    while True:   # long polls: the answer comes as soon as the job ends
+        left = timeout - (time.monotonic() - start) if timeout else 5.0
+        if left <= 0:
+            raise UserError(f"{name} still running after {timeout:g}s")
+        j = _leader_call(at, directory, "leader.wait", {"name": name, "wait": min(left, 5.0)})
         if j["state"] != "running":
             break
-        if timeout and time.monotonic() - start > timeout:
-            raise UserError(f"{name} still running after {timeout:g}s")
-        time.sleep(0.3)
     if j["state"] != "finished":
         raise UserError(f"{name} {j['state']}" + (f": {j['error']}" if j.get("error") else ""))
     out.print(f"{name} finished")

@@ -40,6 +40,8 @@ ERRORS = {
     "deleted": "{name} was removed",
     "not_ready": "that replica's copy of {name} is not confirmed by the primary yet (it restarted or lags)",
     "io_error": "HyDFS could not write {name}: the disk of {node} is full or failing",
+    "out_of_order": "append to {name} refused for {timeout:g}s: the append it must follow (cond 'after') "
+                    "never landed",
 }
 
 
@@ -108,6 +110,8 @@ class Client:
                 return self._results.pop(op_id)
             now = self.clock()
             if now > deadline:
+                if self.core.cancel(op_id) == "out_of_order":
+                    raise HydfsError(ERRORS["out_of_order"].format(name=name, timeout=self.timeout), "out_of_order")
                 raise HydfsError(f"{name}: no answer from HyDFS within {self.timeout:g}s")
             if now - self._view_at > 1.0:
                 with contextlib.suppress(HydfsError):
@@ -124,7 +128,8 @@ class Client:
         res = await self._run(start(self.clock()), name)
         if not res.ok:
             text = ERRORS.get(res.err or "", "{name}: " + str(res.err))
-            raise HydfsError(text.format(name=name, node=res.reply.get("primary") or "a node"), res.err)
+            raise HydfsError(text.format(name=name, node=res.reply.get("primary") or "a node", timeout=self.timeout),
+                             res.err)
         return res
 
     # -- operations -------------------------------------------------------------------------------
@@ -169,6 +174,10 @@ class Client:
 
     async def append(self, name: str, data: bytes, cond: dict[str, Any] | None = None,
                      key: tuple[str, int] | None = None) -> int:
+        """Returns the entry's index. ``cond``: ``{"fence": k, "epoch": e}`` (refused if a higher epoch is
+        recorded for k), ``{"expect_len": n}``, ``{"after": n}`` (lands only after the entry keyed
+        (key's client id, n): a writer may pipeline appends and they still land in seq order; until that
+        entry is ordered this call keeps asking, and raises ``out_of_order`` at the timeout)."""
         res = await self._op(name, lambda now: self.core.append(name, data, now, cond, key))
         self.cache.appended(name, res.index or 0)
         self.cache.invalidate(name)
@@ -211,6 +220,21 @@ class Client:
         else:
             await self._op(name, lambda now: self.core.get(name, now, sink=sink))
         return written
+
+    async def read_range(self, name: str, offset: int, length: int, replica: str | None = None) -> tuple[bytes, int]:
+        """The committed bytes of NAME in [offset, offset + length) and its committed size in bytes
+        (``read_range(name, 0, 0)`` is the size). Fewer bytes at the end of the data, and at most one
+        reply's worth (4 MiB): callers loop. The nodes find the offset by bisection over the entries'
+        sizes, so a page of a large file costs its bytes, not a scan. Served by the primary, or by
+        ``replica`` if the primary confirmed it in sync; never older than this client's own appends."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        if replica is not None:
+            res = await self._from_replica(replica, name,
+                                           lambda now: self.core.read(name, offset, length, now, replica))
+        else:
+            res = await self._op(name, lambda now: self.core.read(name, offset, length, now))
+        return res.reply["data"], res.reply["size"]
 
     async def get_entries(self, name: str) -> list[tuple[int, bytes]]:
         """Committed entries as (index, data): how the stream layer reads logs."""

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydfs.messages import BUSY, NOT_PRIMARY, Msg, parse
+from hydfs.messages import BUSY, NOT_PRIMARY, OUT_OF_ORDER, Msg, parse
 from hydfs.ring import Ring
 
 
@@ -48,6 +48,8 @@ class _Op:
     entries: list[tuple[int, bytes]] = field(default_factory=list)
     attempts: int = 0
     sink: Sink | None = None
+    asked_again: bool = False  # the next send answers a transient refusal (out_of_order), not a silence
+    refused: str | None = None  # the last transient refusal (busy, out_of_order)
 
 
 class ClientCore:
@@ -61,7 +63,8 @@ class ClientCore:
         self.ring = Ring()
         self.own_max: dict[str, int] = {}   # highest index of our own acknowledged appends
         self.results: dict[int, Result] = {}
-        self.stats: dict[str, int] = {"retries": 0, "redirects": 0, "stale_reads": 0, "malformed": 0}
+        self.stats: dict[str, int] = {"retries": 0, "redirects": 0, "stale_reads": 0, "malformed": 0,
+                                      "out_of_order": 0}
         self._ops: dict[int, _Op] = {}       # by rid of its current request
         self._next_rid = 1
         self._next_op = 1
@@ -90,6 +93,13 @@ class ClientCore:
         return self._start("c_get", name, {"start": 1, "limit": self.page, "replica_ok": replica is not None},
                            now, replica=replica, sink=sink)
 
+    def read(self, name: str, offset: int, length: int, now: float, replica: str | None = None) -> int:
+        """Committed bytes [offset, offset + length) (fewer at the end, at most a reply's cap) and the
+        committed size: ``reply["data"]``, ``reply["size"]``. Redone at the primary if staler than our
+        own acknowledged appends, like :meth:`get`."""
+        return self._start("c_read", name, {"off": offset, "len": length, "replica_ok": replica is not None},
+                           now, replica=replica)
+
     def merge(self, name: str, now: float) -> int:
         return self._start("c_merge", name, {}, now)
 
@@ -101,6 +111,15 @@ class ClientCore:
 
     def pending(self) -> int:
         return len(self._ops)
+
+    def cancel(self, op_id: int) -> str | None:
+        """Stop retrying an operation the caller gave up on (its last request may still land); returns
+        the transient refusal it last got (``out_of_order``: what it was waiting for never landed)."""
+        for rid, op in list(self._ops.items()):
+            if op.op_id == op_id:
+                del self._ops[rid]
+                return op.refused
+        return None
 
     # ----------------------------------------------------------------- the I/O edge's interface
 
@@ -119,8 +138,9 @@ class ClientCore:
         self.now = now
         for op in list(self._ops.values()):
             if now - op.sent >= self.retry:
-                self.stats["retries"] += 1
-                op.replica = None  # a silent replica: fall back to the primary
+                if not op.asked_again:
+                    self.stats["retries"] += 1
+                    op.replica = None  # a silent replica: fall back to the primary
                 self._send(op, None, now)
 
     def receive(self, src: str, msg: object, now: float) -> None:
@@ -134,6 +154,13 @@ class ClientCore:
             return  # an answer to a request we already finished
         if not m["ok"]:
             err = m["err"]
+            op.refused = err
+            if err == OUT_OF_ORDER:
+                # Our append the ``after`` condition names is not ordered yet; it is normally in flight
+                # just ahead of this one, so ask again soon (a tenth of a retry period), not as a failure.
+                self.stats["out_of_order"] += 1
+                op.sent, op.asked_again = now - self.retry * 0.9, True
+                return
             if err in (NOT_PRIMARY, BUSY):
                 self.stats["redirects"] += 1
                 hint = m.get("primary")
@@ -146,6 +173,9 @@ class ClientCore:
             return
         if op.kind == "c_get":
             self._page(op, src, m, now)
+            return
+        if op.kind == "c_read":
+            self._range(op, m, now)
             return
         index = m.get("index")
         if op.kind in ("c_append", "c_create") and index is not None:
@@ -170,9 +200,9 @@ class ClientCore:
             self._ops[op.msg["rid"]] = op
         if dest is None:
             dest = op.replica or self.ring.primary(op.name)
-        if op.kind == "c_get":
+        if op.kind in ("c_get", "c_read"):
             op.msg["replica_ok"] = op.replica is not None and dest == op.replica
-        op.dest, op.sent = dest, now
+        op.dest, op.sent, op.asked_again = dest, now, False
         op.attempts += 1
         if dest is not None:
             self._out.append((dest, dict(op.msg)))
@@ -202,6 +232,21 @@ class ClientCore:
             self._send(op, src, now, new_rid=True)
             return
         self._finish(op, Result(True, entries=op.entries, index=commit, reply=m))
+
+    def _range(self, op: _Op, m: Msg, now: float) -> None:
+        data, size, commit = m.get("data"), m.get("size"), m.get("commit")
+        off, length = op.msg["off"], op.msg["len"]
+        if data is None or size is None or commit is None or len(data) > length or (
+                len(data) != 0 and off + len(data) > size):
+            self.stats["malformed"] += 1
+            return
+        if commit < self.own_max.get(op.name, 0):
+            # Older than our own acknowledged append: a stale copy. Ask the primary.
+            self.stats["stale_reads"] += 1
+            op.replica = None
+            op.sent = now - self.retry / 2
+            return
+        self._finish(op, Result(True, index=commit, reply=m))
 
     def _finish(self, op: _Op, result: Result) -> None:
         self._ops.pop(op.msg["rid"], None)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from hydfs.entries import Entry
-from hydfs.messages import FENCED, LEN_MISMATCH
+from hydfs.messages import FENCED, LEN_MISMATCH, OUT_OF_ORDER
 
 
 class Tables:
@@ -30,28 +30,36 @@ class Tables:
                 self.fences[e.fence] = e.epoch
 
 
-Checker = Callable[[dict[str, Any], Tables, int], str | None]
+Checker = Callable[[dict[str, Any], Tables, int, str], str | None]
 
 
-def _fence(cond: dict[str, Any], tables: Tables, last: int) -> str | None:
+def _fence(cond: dict[str, Any], tables: Tables, last: int, client: str) -> str | None:
     return FENCED if cond["epoch"] < tables.fences.get(cond["fence"], -1) else None
 
 
-def _expect_len(cond: dict[str, Any], tables: Tables, last: int) -> str | None:
+def _expect_len(cond: dict[str, Any], tables: Tables, last: int, client: str) -> str | None:
     return LEN_MISMATCH if last != cond["expect_len"] else None
 
 
-# key that switches a check on -> the check. The schema of each key lives in messages.COND_FIELDS.
-CHECKS: dict[str, Checker] = {"fence": _fence, "expect_len": _expect_len}
+def _after(cond: dict[str, Any], tables: Tables, last: int, client: str) -> str | None:
+    """A pipelining writer's appends land in its seq order: seq n must be ordered (committed or not)
+    before the append that names it, as Kafka's idempotent producer checks its sequence numbers."""
+    return None if (client, cond["after"]) in tables.dedup else OUT_OF_ORDER
 
 
-def check(cond: dict[str, Any] | None, tables: Tables, last: int) -> str | None:
-    """The first failing precondition's error code, or None. ``last`` = entries ordered before."""
+# key that switches a check on -> the check, in the order they run (a final refusal before a
+# transient one). The schema of each key lives in messages.COND_FIELDS.
+CHECKS: dict[str, Checker] = {"fence": _fence, "expect_len": _expect_len, "after": _after}
+
+
+def check(cond: dict[str, Any] | None, tables: Tables, last: int, client: str = "") -> str | None:
+    """The first failing precondition's error code, or None. ``last`` = entries ordered before;
+    ``client`` = the client id of the append's (client id, seq) key."""
     if not cond:
         return None
     for key, fn in CHECKS.items():
         if key in cond:
-            err = fn(cond, tables, last)
+            err = fn(cond, tables, last, client)
             if err:
                 return err
     return None

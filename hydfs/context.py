@@ -31,6 +31,7 @@ class CoreConfig:
     window_bytes: int = 8 << 20   # data sent to one replica ahead of its answers
     queue_limit: int = 10_000     # client requests a primary holds while it cannot serve
     read_limit: int = 1000        # entries per get reply
+    range_bytes: int = 4 << 20    # data bytes per ranged-read reply (a reader asking for more loops)
 
 
 @dataclass

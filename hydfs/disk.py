@@ -38,7 +38,7 @@ from typing import Any
 
 from hydfs.blockfile import BlockFile, fsync_dir, write_atomic
 from hydfs.entries import Entry, Runs, cut_runs, extend_runs
-from hydfs.storage import FileMeta
+from hydfs.storage import FileMeta, end_at, extend_ends, read_span
 
 JOURNAL = "meta.journal"
 
@@ -58,6 +58,8 @@ class _File:
         self.log = BlockFile(root / f"{self.slug}.log")
         self.runs: Runs = []
         extend_runs(self.runs, (Entry.from_meta(b.meta, b"") for b in self.log.blocks))
+        self.ends: list[int] = []  # prefix sums of the blocks' data lengths: byte offset -> entry by bisect
+        extend_ends(self.ends, [b.data_len for b in self.log.blocks])
         self.meta: FileMeta | None = None
         self.cached: set[int] = set()  # indices of this file in the storage's tail cache
 
@@ -238,8 +240,24 @@ class DiskStorage:
         f = self._files.get(name)
         if not f:
             return 0
-        blocks = f.log.blocks[max(start, 1) - 1:None if stop is None else max(stop - 1, 0)]
-        return sum(b.data_len for b in blocks)
+        hi = len(f.ends) if stop is None else stop - 1
+        return max(0, end_at(f.ends, hi) - end_at(f.ends, max(start, 1) - 1))
+
+    def data_end(self, name: str, index: int) -> int:
+        f = self._files.get(name)
+        return end_at(f.ends, index) if f else 0
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        f = self._files.get(name)
+        if not f:
+            return b""
+        tail, log = self._tail, f.log
+
+        def piece(k: int, start: int, n: int) -> bytes:
+            e = tail.get((name, k + 1))  # a fresh entry is still in memory: no read back
+            return e.data[start:start + n] if e is not None else log.read(k, start, n)
+
+        return read_span(f.ends, offset, length, piece)
 
     def append(self, name: str, entries: Sequence[Entry]) -> None:
         f = self._file(name)
@@ -250,6 +268,7 @@ class DiskStorage:
         f.log.append_many((e.meta(), e.data) for e in entries)
         self._unsynced[name] = f
         extend_runs(f.runs, entries)
+        extend_ends(f.ends, [len(e.data) for e in entries])
         self._remember(f, entries)
 
     def truncate(self, name: str, keep: int) -> None:
@@ -258,6 +277,7 @@ class DiskStorage:
             f.log.truncate(max(keep, 0))
             self.syncs += 1
             cut_runs(f.runs, keep)
+            del f.ends[max(keep, 0):]
             self._forget(f, keep)
 
     def drop(self, name: str) -> None:

@@ -35,12 +35,19 @@ LEN_MISMATCH = "len_mismatch"  # expect_len precondition failed; ``last`` says t
 DELETED = "deleted"          # the file was removed while the request waited
 NOT_READY = "not_ready"      # a replica read from a copy no primary has confirmed since restart
 IO_ERROR = "io_error"        # the node could not write (full disk, failing disk); ``primary`` says which
+OUT_OF_ORDER = "out_of_order"  # ``after`` precondition: the writer's previous append is not ordered yet (retry)
 
 
 def _int(v: Any) -> int:
     if type(v) is int and 0 <= v <= MAX_INT:
         return v
     raise Bad("int")
+
+
+def _pos(v: Any) -> int:
+    if type(v) is int and 1 <= v <= MAX_INT:
+        return v
+    raise Bad("pos")
 
 
 def _bool(v: Any) -> bool:
@@ -115,7 +122,7 @@ def _read_items(v: Any) -> list[tuple[int, bytes]]:
 
 
 # Preconditions an append may carry; values are checkers. Extend here and in hydfs.conditions.
-COND_FIELDS: dict[str, Check] = {"fence": _str, "epoch": _int, "expect_len": _int}
+COND_FIELDS: dict[str, Check] = {"fence": _str, "epoch": _int, "expect_len": _int, "after": _pos}
 
 
 def _cond(v: Any) -> dict[str, Any]:
@@ -159,6 +166,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "c_append": {"rid": _int, "f": _name, "client": _str, "seq": _int, "data": _bytes,
                  "cond": _opt(_cond)},
     "c_get": {"rid": _int, "f": _name, "start": _int, "limit": _int, "replica_ok": _bool},
+    "c_read": {"rid": _int, "f": _name, "off": _int, "len": _int, "replica_ok": _bool},  # committed bytes
     "c_merge": {"rid": _int, "f": _name},
     "c_rm": {"rid": _int, "f": _name},
     "c_ls": {"rid": _int, "f": _name},
@@ -171,7 +179,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
 REPLY_FIELDS: dict[str, Check] = {
     "index": _int, "commit": _int, "entries": _read_items, "primary": _opt(_str), "replicas": _ids,
     "isr": _ids, "term": _int, "last": _int, "files": lambda v: [_name(x) for x in _list(v)],
-    "checked": _int,
+    "checked": _int, "data": _bytes, "size": _int,
 }
 
 CLIENT_TYPES = frozenset(t for t in SCHEMAS if t.startswith("c_"))

@@ -19,7 +19,7 @@ from typing import Any
 from hydfs import replica
 from hydfs.context import CoreConfig, FileVol
 from hydfs.messages import CLIENT_TYPES, IO_ERROR, NOT_FOUND, NOT_PRIMARY, NOT_READY, Msg, parse, reply
-from hydfs.primary import Leader
+from hydfs.primary import Leader, range_reply
 from hydfs.ring import Ring
 from hydfs.storage import Storage
 
@@ -243,7 +243,7 @@ class NodeCore:
             return
         name = m["f"]
         leader = self.leaders.get(name)
-        if leader is None and t == "c_get" and m["replica_ok"]:
+        if leader is None and t in ("c_get", "c_read") and m["replica_ok"]:
             self._replica_get(src, m)
             return
         if leader is None and self.primary_of(name) == self.node_id and self.retry_at.get(name, 0) <= now:
@@ -255,7 +255,8 @@ class NodeCore:
         self._reap(name, now)
 
     def _replica_get(self, src: str, m: Msg) -> None:
-        """Serve a read from our copy, up to what we know is acknowledged (possibly stale, never unacked)."""
+        """Serve a read (entries or a byte range) from our copy, up to what we know is acknowledged
+        (possibly stale, never unacknowledged)."""
         name = m["f"]
         meta = self.storage.meta(name)
         if meta is None or meta.created is None:
@@ -267,6 +268,9 @@ class NodeCore:
             self.send(src, reply(m["rid"], NOT_READY))
             return
         commit = min(self.vol(name).commit, self.storage.last(name)[0])
+        if m["t"] == "c_read":
+            self.send(src, range_reply(self.storage, name, m, commit, self.config.range_bytes))
+            return
         start = max(m["start"], 1)
         stop = min(commit, start + min(max(m["limit"], 1), self.config.read_limit) - 1) + 1
         items = [[e.index, e.data] for e in self.storage.read(name, start, stop, self.config.batch_bytes)]

@@ -33,10 +33,20 @@ from hydfs.conditions import Tables, check, fence_of
 from hydfs.context import Host, Report, report_of
 from hydfs.entries import Entry, Runs, common_prefix, extend_runs, term_at
 from hydfs.messages import BUSY, DELETED, EXISTS, NOT_FOUND, NOT_PRIMARY, Msg, entries_wire, reply
-from hydfs.storage import FileMeta, Version
+from hydfs.storage import FileMeta, Storage, Version
 
 PREPARE, FETCH, SYNC, ACTIVE = "prepare", "fetch", "sync", "active"
 WRITES = frozenset({"c_append", "c_create", "c_rm"})
+
+
+def range_reply(storage: Storage, name: str, m: Msg, commit: int, cap: int) -> Msg:
+    """The answer to a ranged read (``c_read``) from a copy whose entries 1..commit are acknowledged:
+    at most ``cap`` of the committed bytes from ``off`` on, the committed size and ``commit`` (by
+    which the client tells a copy staler than its own appends)."""
+    size = storage.data_end(name, commit)
+    off = min(m["off"], size)
+    data = storage.read_bytes(name, off, min(m["len"], size - off, cap))
+    return reply(m["rid"], data=data, size=size, commit=commit)
 
 
 @dataclass
@@ -658,6 +668,8 @@ class Leader:
             self._append(src, m, now)
         elif t == "c_get":
             self._get(src, m)
+        elif t == "c_read":
+            self.h.send(src, range_reply(self.h.storage, self.name, m, self.commit, self.cfg.range_bytes))
         elif t == "c_merge":
             mg = Merge(src, rid, {x for x in self._targets()}, checked=0)
             for x in sorted(mg.need):
@@ -685,7 +697,7 @@ class Leader:
                 self.waiters.setdefault(idx, []).append((src, rid))
             return
         cond = m.get("cond")
-        err = check(cond, self.tables, self.last)
+        err = check(cond, self.tables, self.last, m["client"])
         if err:
             self.h.send(src, reply(rid, err, last=self.last, commit=self.commit))
             return

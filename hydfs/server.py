@@ -84,11 +84,54 @@ def _fdatasync_all(fds: list[int]) -> None:
         raise failed
 
 
-class _Mailbox:
-    def __init__(self) -> None:
+class _Poll:
+    """One waiting long poll: the request id it waits for (None: anything) and what it was handed."""
+
+    __slots__ = ("event", "msgs", "rid")
+
+    def __init__(self, rid: Any) -> None:
+        self.rid = rid
         self.msgs: list[dict[str, Any]] = []
         self.event = asyncio.Event()
+
+
+class _Mailbox:
+    """A client's replies on their way out. Several requests of one client may long-poll at once (an
+    ``asyncio.gather`` of two appends), so a reply goes to the poll of the request that carries its
+    rid: a poll woken for another's reply would return empty and leave its own, coming a moment
+    later, without a poll until the client's retry. A reply no open poll asked for waits in ``msgs``
+    and leaves with the next poll that returns."""
+
+    def __init__(self) -> None:
+        self.msgs: list[dict[str, Any]] = []
+        self.polls: list[_Poll] = []
         self.used = time.monotonic()
+
+    def put(self, msg: dict[str, Any]) -> None:
+        rid = msg.get("rid")
+        mine = [p for p in self.polls if p.rid is None or p.rid == rid]
+        if not mine:
+            self.msgs.append(msg)
+            return
+        newest = mine[-1]  # a retry's poll (same rid) is the one the client most likely still reads
+        newest.msgs.append(msg)
+        for p in mine:     # older polls of the same request: the newer one answers for them
+            p.event.set()
+
+    async def poll(self, rid: Any, wait: float) -> list[dict[str, Any]]:
+        """Wait up to ``wait`` seconds for a reply with ``rid`` (None: any); return it with every reply
+        that is waiting for no open poll."""
+        if wait > 0 and not any(rid is None or m.get("rid") == rid for m in self.msgs):
+            p = _Poll(rid)
+            self.polls.append(p)
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(p.event.wait(), wait)
+            finally:
+                self.polls.remove(p)
+                self.msgs[:0] = p.msgs  # returned below, or kept for the next poll if we are cancelled
+        out, self.msgs = self.msgs, []
+        return out
 
 
 class HydfsServer:
@@ -204,8 +247,7 @@ class HydfsServer:
                     box = self._mail.get(dest)
                     if box is None:
                         box = self._mail[dest] = _Mailbox()
-                    box.msgs.append(msg)
-                    box.event.set()
+                    box.put(msg)
             out = self.core.take_outgoing()
         for event, fields in self.core.take_notes():
             log.log(logging.ERROR if event.endswith("error") else logging.INFO, "hydfs %s", event, extra=fields)
@@ -282,11 +324,8 @@ class HydfsServer:
         if msg is not None:
             self.core.receive(src, msg, self.clock())
             self._flush()
-        if not box.msgs and wait > 0:
-            box.event.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(box.event.wait(), min(float(wait), self.cfg.poll_max))
-        out, box.msgs = box.msgs, []
+        rid = msg.get("rid") if isinstance(msg, dict) else None
+        out = await box.poll(rid, min(float(wait), self.cfg.poll_max))
         box.used = self.clock()
         return out
 

@@ -1,7 +1,7 @@
 """A deterministic, seeded simulated network of HyDFS nodes and clients.
 
 One event queue ordered by (time, sequence number); all randomness from one ``random.Random``.
-It drops and delays messages, crashes nodes (their :class:`MemoryStorage` survives, everything
+It drops, duplicates and delays (so reorders) messages, crashes nodes (their :class:`MemoryStorage` survives, everything
 else is lost) and restarts them, partitions the network, and plays the membership layer: after
 ``detect`` seconds every live node and client learns the new live set, each up to ``skew`` seconds
 later than the next (views disagree for a while, as with gossip). A node cut off by a partition is
@@ -39,8 +39,9 @@ class Sim:
     def __init__(self, node_ids: Iterable[str], seed: int = 0, *, drop: float = 0.0,
                  delay: tuple[float, float] = (0.001, 0.01), detect: float = 0.5, tick: float = 0.05,
                  config: CoreConfig | None = None, client_retry: float = 1.0, down: Iterable[str] = (),
-                 skew: float = 0.0, flush_every: float = 1.0) -> None:
+                 skew: float = 0.0, flush_every: float = 1.0, dup: float = 0.0) -> None:
         self.rng = random.Random(seed)
+        self.dup = dup  # chance that a message is delivered twice
         self.flush_every = flush_every
         self._next_flush = flush_every
         self.now = 0.0
@@ -239,6 +240,9 @@ class Sim:
             lo, hi = self.delay
             extra = self.slow.get(src, 0.0) + self.slow.get(dest, 0.0)
             self._push(self.now + extra + lo + (hi - lo) * self.rng.random(), "deliver", (src, dest, msg))
+            if self.dup and self.rng.random() < self.dup:  # delivered twice, each copy with its own delay
+                self.stats["duplicated"] += 1
+                self._push(self.now + extra + lo + (hi - lo) * self.rng.random(), "deliver", (src, dest, msg))
 
     # ----------------------------------------------------------------- inspection
 

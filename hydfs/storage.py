@@ -7,6 +7,7 @@ idempotency/fence tables are rebuilt after a restart.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -74,6 +75,15 @@ class Storage(Protocol):
         as fit in that many data bytes (at least one), so a batch never reads data it will not send."""
         ...
 
+    def data_end(self, name: str, index: int) -> int:
+        """Data bytes of entries 1..index (clipped to the log): where entry index + 1 starts. O(1)."""
+        ...
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the entries' concatenated data (fewer at the end of the
+        log), reading only those bytes: O(log entries + length)."""
+        ...
+
     def append(self, name: str, entries: Sequence[Entry]) -> None: ...
 
     def truncate(self, name: str, keep: int) -> None:
@@ -101,11 +111,44 @@ def fit(entries: Sequence[Entry], max_bytes: int | None) -> int:
     return len(entries)
 
 
+def extend_ends(ends: list[int], sizes: Sequence[int]) -> None:
+    """Extend the prefix sums of entry data sizes (``ends[k]``: bytes of entries 1..k+1)."""
+    total = ends[-1] if ends else 0
+    for n in sizes:
+        total += n
+        ends.append(total)
+
+
+def end_at(ends: list[int], index: int) -> int:
+    """Bytes of entries 1..index, clipped to the log."""
+    index = min(index, len(ends))
+    return ends[index - 1] if index > 0 else 0
+
+
+def read_span(ends: list[int], offset: int, length: int, piece: Callable[[int, int, int], bytes]) -> bytes:
+    """Bytes ``[offset, offset + length)`` of a log whose entry k (from 0) ends at ``ends[k]``;
+    ``piece(k, start, n)`` reads n bytes of entry k from its byte ``start``. A bisect finds the first
+    entry, so the cost is that of the bytes, not of the entries before them."""
+    stop = min(offset + length, ends[-1] if ends else 0)
+    out = []
+    k = bisect_right(ends, offset)
+    pos = offset
+    while pos < stop:
+        first = ends[k - 1] if k else 0
+        n = min(ends[k], stop) - pos
+        if n:
+            out.append(piece(k, pos - first, n))
+        pos += n
+        k += 1
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
 @dataclass
 class _MemFile:
     meta: FileMeta | None = None
     entries: list[Entry] = field(default_factory=list)
     runs: Runs = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # prefix sums of the entries' data sizes
 
 
 class MemoryStorage:
@@ -163,12 +206,25 @@ class MemoryStorage:
                 raise ValueError(f"append to {name!r} at {e.index} leaves a gap after {len(f.entries)}")
         f.entries.extend(entries)
         extend_runs(f.runs, entries)
+        extend_ends(f.ends, [len(e.data) for e in entries])
         self.writes += 1
+
+    def data_end(self, name: str, index: int) -> int:
+        f = self._files.get(name)
+        return end_at(f.ends, index) if f else 0
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        f = self._files.get(name)
+        if not f:
+            return b""
+        entries = f.entries
+        return read_span(f.ends, offset, length, lambda k, start, n: entries[k].data[start:start + n])
 
     def truncate(self, name: str, keep: int) -> None:
         f = self._files.get(name)
         if f and len(f.entries) > keep:
             del f.entries[max(keep, 0):]
+            del f.ends[max(keep, 0):]
             cut_runs(f.runs, keep)
             self.writes += 1
             if self.flushed.get(name, 0) > keep:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hydfs.api import Client, HydfsError
 from rainstorm.stream.stores import Fenced
 
@@ -10,9 +12,13 @@ class HydfsLogStore:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
-        """One fenced, idempotent append; the file is created (empty) on first use."""
-        cond = {"fence": fence, "epoch": epoch}
+    async def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
+                     after: int = 0) -> int:
+        """One fenced, idempotent append; the file is created (empty) on first use. ``after``: HyDFS
+        orders it right after the append keyed (client, after) (the client retries until it does)."""
+        cond: dict[str, Any] = {"fence": fence, "epoch": epoch}
+        if after:
+            cond["after"] = after
         for _ in range(2):
             try:
                 return await self.client.append(name, data, cond=cond, key=(client, seq))

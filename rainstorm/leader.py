@@ -8,6 +8,7 @@ same epochs and never hands out an epoch twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -20,6 +21,7 @@ from rainstorm.leader_core import LeaderCore, LeaderError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "rs/leader/state"
+MAX_WAIT = 5.0  # the longest a long poll (table, wait) is held open
 
 
 class Leader:
@@ -32,10 +34,11 @@ class Leader:
         self._lock = asyncio.Lock()
         self._moves: asyncio.Task[None] | None = None
         self._dirty = False
+        self._changed = asyncio.Event()   # set (and replaced) whenever the job table changed: long polls
         self.ready = False  # state restored from HyDFS; until then requests are refused
         for name, fn in [("leader.submit", self._submit), ("leader.table", self._table),
                          ("leader.report", self._report), ("leader.stop", self._stop), ("leader.jobs", self._jobs),
-                         ("leader.hello", self._hello)]:
+                         ("leader.hello", self._hello), ("leader.wait", self._wait)]:
             rpc.register(name, fn)
 
     async def start(self) -> None:
@@ -94,6 +97,8 @@ class Leader:
             if exc.code != "not_found":
                 raise
             await self.hydfs.create(STATE_FILE, doc)
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _submit(self, a: dict[str, Any]) -> dict[str, Any]:
         self._check_ready()
@@ -118,7 +123,29 @@ class Leader:
             for job, tasks in stats.items():
                 if isinstance(tasks, dict):
                     self.stats.setdefault(str(job), {}).update(tasks)
+        since, wait = a.get("since"), a.get("wait")
+        if since == self.core.version and isinstance(wait, int | float) and wait > 0:
+            # a long poll: answer as soon as the table changes (a worker learns its tasks at once)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(float(wait), MAX_WAIT))
         return self.core.table()
+
+    async def _wait(self, a: dict[str, Any]) -> dict[str, Any]:
+        """``rainstorm wait``: the job's state once it is no longer running, or after ``wait`` seconds."""
+        self._check_ready()
+        name, wait = a.get("name"), a.get("wait", 0)
+        if not isinstance(name, str) or not isinstance(wait, int | float):
+            raise RemoteError("malformed wait")
+        deadline = asyncio.get_running_loop().time() + min(float(wait), MAX_WAIT)
+        while True:
+            job = self.core.jobs.get(name)
+            if job is None:
+                raise RemoteError(f"no job named {name!r} (see `rainstorm jobs`)")
+            left = deadline - asyncio.get_running_loop().time()
+            if job.state != "running" or left <= 0:
+                return {"name": name, "state": job.state, "error": job.error}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
     async def _report(self, a: dict[str, Any]) -> bool:
         self._check_ready()
@@ -126,6 +153,8 @@ class Leader:
             job, task, epoch, status = a["job"], a["task"], int(a["epoch"]), a["status"]
         except (KeyError, TypeError, ValueError):
             raise RemoteError("malformed report") from None
+        if isinstance(a.get("stats"), dict) and isinstance(job, str) and isinstance(task, str):
+            self.stats.setdefault(job, {})[task] = a["stats"]
         async with self._lock:
             if status == "lost":  # the instance lost its Redis state: same placement rule, next epoch
                 changed = self.core.restart(job, task, epoch)
@@ -157,7 +186,10 @@ class Leader:
                 tasks.append({"task": t, "stage": int(stage), "index": int(index), "node": x.node,
                               "epoch": x.epoch, "restarts": x.restarts, "done": t in j.done,
                               "processed": st.get("processed", 0), "emitted": st.get("emitted", 0),
-                              "pending": st.get("pending", 0), "deadletters": st.get("deadletters", 0)})
+                              "pending": st.get("pending", 0), "deadletters": st.get("deadletters", 0),
+                              # of the instance that last reported: recovery and latency benchmarks
+                              "reported_epoch": st.get("epoch"), "started_at": st.get("started_at"),
+                              "first_commit_at": st.get("first_commit_at"), "latency": st.get("latency", {})})
             out.append({"name": j.name, "state": j.state, "error": j.error, "src": j.spec.get("src"),
                         "dest": j.spec.get("dest"), "tasks": tasks})
         return out

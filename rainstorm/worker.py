@@ -24,10 +24,11 @@ from gossip.transport import GossipNode
 from hydfs.api import Client, HydfsError
 from rainstorm.hydfs_log import HydfsLogStore
 from rainstorm.redis_inbox import RedisInboxStore, keys
+from rainstorm.source_reader import RangeReader
 from rainstorm.stream.channels import parse_message
 from rainstorm.stream.jobfile import JobError, load_job
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
-from rainstorm.stream.stores import Fenced, MemorySource, NotOwner
+from rainstorm.stream.stores import Fenced, NotOwner
 from rainstorm.stream.task import (
     Accept,
     AppendLog,
@@ -47,35 +48,30 @@ from rainstorm.stream.task import (
 log = logging.getLogger(__name__)
 
 
+_TASK = TaskConfig()   # the task defaults, which a node's [worker] settings start from
+
+
 @dataclass
 class WorkerConfig:
-    poll: float = 0.25          # how often the assignment table is pulled from the leader
+    poll: float = 1.0           # longest wait of a table long poll (task stats reach the leader this often)
     tick: float = 0.05          # task timers
     inbox_max: int = 256        # stream entries (batches) an inbox holds before producers wait
+    batch_lines: int = _TASK.batch_lines    # source lines per commit at most
+    batch_bytes: int = _TASK.batch_bytes    # source bytes per commit at most (also the read size)
+    batch_entries: int = _TASK.batch_entries  # inbox entries per commit at most
+    linger: float = _TASK.linger            # paced source: longest wait for a batch to fill
+    inflight: int = _TASK.inflight          # commits in flight per task
+    source_block: int = _TASK.block         # source blocks shared out among a job's source tasks
+    source_page: int = 1 << 20                   # bytes per ranged read of a source file
+    follow_refresh: float = 0.2                  # a following source looks for appended bytes this often
 
-
-class LinesSource(MemorySource):
-    """A HyDFS source file as lines, fetched once per job (the SourceReader a Task reads through).
-
-    When following, only newline-terminated lines count (the last one may still be half-appended),
-    and the file is fetched again, at most every ``refresh`` seconds, when a task reads past its end.
-    """
-
-    def __init__(self, name: str, data: bytes, follow: bool = False, refresh: float = 0.5) -> None:
-        super().__init__()
-        self.name = name
-        self.follow = follow
-        self.refresh = refresh
-        self.fetched = time.monotonic()
-        self.set(data)
-
-    def set(self, data: bytes) -> None:
-        if self.follow and data and not data.endswith(b"\n"):
-            data = data[:data.rfind(b"\n") + 1]
-        self.files[self.name] = data.decode("utf-8", errors="replace").splitlines()
-
-    def stale(self, start: int) -> bool:
-        return self.follow and start > len(self.files[self.name]) and time.monotonic() - self.fetched >= self.refresh
+    def task_config(self, spec: dict[str, Any]) -> TaskConfig:
+        """A job's task settings: this node's batching, the job's pacing and its block size (which every
+        task of the job must share, so it is fixed in the job's spec at submit)."""
+        return TaskConfig(batch_lines=self.batch_lines, batch_bytes=self.batch_bytes,
+                          batch_entries=self.batch_entries, linger=self.linger, inflight=self.inflight,
+                          rate=spec.get("rate"), follow=bool(spec.get("follow")),
+                          block=int(spec.get("block") or self.source_block))
 
 
 @dataclass
@@ -87,6 +83,8 @@ class Instance:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
     reported: bool = False
+    reader: RangeReader | None = None
+    clock: float = 0.0          # time.time() - time.monotonic() at launch: task times as wall times
 
 
 class Worker:
@@ -102,7 +100,7 @@ class Worker:
         self.membership = membership
         self.leader_id = leader_id
         self.instances: dict[tuple[str, TaskRef], Instance] = {}
-        self.plans: dict[str, tuple[Plan, LinesSource | None, TaskConfig]] = {}
+        self.plans: dict[str, tuple[Plan, TaskConfig]] = {}
         self.table: dict[str, Any] = {"version": -1, "jobs": {}}
         self._task: asyncio.Task[None] | None = None
         rpc.register("stream.msgs", self._on_msgs)
@@ -129,10 +127,14 @@ class Worker:
         out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         for inst in self.instances.values():
             t = inst.task
+            first = t.first_commit_at
             out[inst.job][t.name] = {
                 "processed": t.stats.get("in_tuples", 0), "emitted": t.stats.get("out_tuples", 0),
                 "pending": sum(len(ch.batches) for ch in t.out), "deadletters": t.stats.get("dead_letters", 0),
-                "commits": t.stats.get("commits", 0), "phase": t.phase.value}
+                "commits": t.stats.get("commits", 0), "phase": t.phase.value, "epoch": inst.epoch,
+                "started_at": t.started_at + inst.clock,
+                "first_commit_at": None if first is None else first + inst.clock,
+                "latency": t.latency.to_wire()}
         return out
 
     async def _poll_loop(self) -> None:
@@ -148,12 +150,16 @@ class Worker:
                     log.debug("leader not ready: %s", exc)
             if addr is not None and greeted:
                 try:
+                    # a long poll: the leader answers at once when the table changes, else after ``poll``
                     self.table = await self.rpc_client.call(
-                        addr, "leader.table", {"node": self.node_id, "stats": self._stats()}, timeout=3.0)
+                        addr, "leader.table", {"node": self.node_id, "stats": self._stats(),
+                                               "since": self.table["version"], "wait": self.cfg.poll},
+                        timeout=self.cfg.poll + 3.0)
                     await self._reconcile()
+                    continue
                 except (Unreachable, RpcError) as exc:
                     log.debug("leader unreachable: %s", exc)
-            await asyncio.sleep(self.cfg.poll)
+            await asyncio.sleep(0.25)
 
     async def _reconcile(self) -> None:
         want: dict[tuple[str, TaskRef], int] = {}
@@ -175,40 +181,34 @@ class Worker:
             if key not in self.instances:
                 await self._launch(key[0], key[1], epoch)
 
-    async def _plan(self, job: str) -> tuple[Plan, LinesSource | None, TaskConfig]:
+    async def _plan(self, job: str) -> tuple[Plan, TaskConfig]:
         if job not in self.plans:
             spec = self.table["jobs"][job]["spec"]
             text = await self.hydfs.get(spec["job_file"])
             stages = load_job(text, spec.get("args") or {}, filename=spec.get("job_name", "job.py"))
             plan = build_plan(job, spec["src"], spec["dest"], stages, spec["tasks"])
-            cfg = TaskConfig(rate=spec.get("rate"), follow=bool(spec.get("follow")))
-            self.plans[job] = (plan, None, cfg)
+            self.plans[job] = (plan, self.cfg.task_config(spec))
         return self.plans[job]
 
-    async def _source(self, job: str) -> LinesSource:
-        plan, src, cfg = self.plans[job]
-        if src is None:
-            src = LinesSource(plan.src, await self.hydfs.get(plan.src), cfg.follow)
-            self.plans[job] = (plan, src, cfg)
-        return src
+    def _reader(self, inst: Instance) -> RangeReader:
+        """A source instance's own reader: its stripe of the file, in ranged reads, a page ahead."""
+        if inst.reader is None:
+            name, t = inst.task.plan.src, inst.task
 
-    async def _read_source(self, job: str, start: int) -> LinesSource:
-        src = await self._source(job)
-        if src.stale(start):
-            src.fetched = time.monotonic()
-            src.set(await self.hydfs.get(self.plans[job][0].src))
-        return src
+            async def fetch(offset: int, length: int) -> tuple[bytes, int]:
+                return await self.hydfs.read_range(name, offset, length)
+
+            inst.reader = RangeReader(fetch, t.stripe, t.cfg.follow, self.cfg.source_page, self.cfg.follow_refresh)
+        return inst.reader
 
     async def _launch(self, job: str, ref: TaskRef, epoch: int) -> None:
         try:
-            plan, _, cfg = await self._plan(job)
-            if ref[0] == 0:
-                await self._source(job)
+            plan, cfg = await self._plan(job)
         except (HydfsError, JobError) as exc:
             log.error("cannot start task", extra={"job": job, "task": ref, "error": str(exc)})
             await self._report(job, f"{job}:{ref[0]}:{ref[1]}", epoch, "failed", str(exc))
             return
-        inst = Instance(job, ref, epoch, Task(plan, ref, epoch, cfg))
+        inst = Instance(job, ref, epoch, Task(plan, ref, epoch, cfg), clock=time.time() - time.monotonic())
         self.instances[(job, ref)] = inst
         inst.runner = asyncio.create_task(self._run(inst))
         log.info("task started", extra={"task": inst.task.name, "epoch": epoch})
@@ -217,6 +217,8 @@ class Worker:
         self.instances.pop((inst.job, inst.ref), None)
         if inst.runner is not None:
             inst.runner.cancel()
+        if inst.reader is not None:
+            inst.reader.close()
         log.info("task stopped", extra={"task": inst.task.name, "epoch": inst.epoch})
 
     async def _forget(self, inst: Instance) -> None:
@@ -228,13 +230,15 @@ class Worker:
         except aredis.RedisError as exc:
             log.warning("could not clean up redis keys", extra={"task": inst.task.name, "error": str(exc)})
 
-    async def _report(self, job: str, task: str, epoch: int, status: str, error: str | None = None) -> None:
+    async def _report(self, job: str, task: str, epoch: int, status: str, error: str | None = None,
+                      stats: dict[str, Any] | None = None) -> None:
+        """Tell the leader; a finished task's final counters ride along (its node forgets them)."""
         addr = self.addr_of(self.leader_id)
         if addr is None:
             return
         with contextlib.suppress(Unreachable, RpcError):
             await self.rpc_client.call(addr, "leader.report", {"job": job, "task": task, "epoch": epoch,
-                                                               "status": status, "error": error})
+                                                               "status": status, "error": error, "stats": stats})
 
     # -- one instance -----------------------------------------------------------------------------
     async def _run(self, inst: Instance) -> None:
@@ -246,7 +250,8 @@ class Worker:
                 self._dispatch(inst, t.take_effects(), inflight)
                 if t.done and not inst.reported:
                     inst.reported = True
-                    await self._report(inst.job, t.name, inst.epoch, "done")
+                    await self._report(inst.job, t.name, inst.epoch, "done",
+                                       stats=self._stats().get(inst.job, {}).get(t.name))
                     log.info("task finished", extra={"task": t.name, "epoch": inst.epoch})
                 if not t.alive:
                     lost = "inbox lost" in t.why
@@ -254,10 +259,16 @@ class Worker:
                     if lost:  # Redis restarted without its data: the leader starts the next epoch
                         await self._report(inst.job, t.name, inst.epoch, "lost", t.why)
                     self.instances.pop((inst.job, inst.ref), None)
+                    if inst.reader is not None:
+                        inst.reader.close()
                     return
                 inst.wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(inst.wake.wait(), self.cfg.tick)
+                wait = min(self.cfg.tick, t.wake_at - time.monotonic())
+                if wait > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(inst.wake.wait(), wait)
+                else:
+                    await asyncio.sleep(0)   # a paced batch is due: tick now, but let the loop run first
                 t.tick(time.monotonic())
         finally:
             for f in inflight:
@@ -291,7 +302,10 @@ class Worker:
     async def _perform(self, inst: Instance, eff: Effect) -> None:
         result: Any
         try:
-            if isinstance(eff, AppendLog | Publish):
+            if isinstance(eff, AppendLog):
+                result = await self.logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch,
+                                                client=eff.client, seq=eff.seq, after=eff.after)
+            elif isinstance(eff, Publish):
                 result = await self.logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch,
                                                 client=eff.client, seq=eff.seq)
             elif isinstance(eff, ReadLog):
@@ -307,8 +321,7 @@ class Worker:
                 await self.inbox.apply(eff.task, eff.epoch, eff.update)
                 result = None
             elif isinstance(eff, ReadSource):
-                result = (await self._read_source(inst.job, eff.start)).lines(eff.name, eff.start, eff.stride,
-                                                                                eff.limit)
+                result = await self._reader(inst).read(eff.pos, eff.max_bytes)
             else:
                 return
         except (Fenced, NotOwner) as exc:

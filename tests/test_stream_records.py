@@ -53,11 +53,11 @@ def test_fence_record_round_trip(epoch: int) -> None:
     assert decode_record(encode_record(FenceRecord(epoch))) == FenceRecord(epoch)
 
 
-GOOD = [1, 1, 3, [[0, 5, False]], [17, False], [[1, 2, b"\x90", True]], b"", b"", [[0, [["g", 2]]]], [[1, 1]], 0]
+GOOD = [2, 1, 3, [[0, 5, False]], [17, False], [[1, 2, b"\x90", True]], b"", b"", [[0, [["g", 2]]]], [[1, 1]], 0]
 
 
 @pytest.mark.parametrize("mutate,needle", [
-    (lambda v: v.__setitem__(0, 2), "version 2 is not supported"),
+    (lambda v: v.__setitem__(0, 1), "version 1 is not supported"),
     (lambda v: v.__setitem__(1, 9), "record type 9"),
     (lambda v: v.__setitem__(2, -1), "epoch"),
     (lambda v: v.__setitem__(2, True), "epoch"),
@@ -85,7 +85,7 @@ def test_malformed_records_are_rejected_with_a_reason(mutate: Any, needle: str) 
 
 def test_fence_record_with_extra_fields_and_non_msgpack() -> None:
     with pytest.raises(RecordError, match="3 fields"):
-        decode_record(msgpack.packb([1, 0, 3, 4]))
+        decode_record(msgpack.packb([2, 0, 3, 4]))
     with pytest.raises(RecordError, match="not msgpack"):
         decode_record(b"\xc1")
 

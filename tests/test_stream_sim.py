@@ -98,8 +98,10 @@ def test_any_failures_give_the_failure_free_output(faults: Faults, seed: int, ta
 LONG_JOB = [*COUNT_JOB, Transform(lambda k, v: (v % 3, k))]     # after the aggregate: fused into its task
 LONG_REF = Counter(run_reference(LONG_JOB, "in.txt", LINES)[0])
 configs = st.builds(TaskConfig, batch_lines=st.sampled_from([1, 5, 64]), batch_entries=st.sampled_from([1, 3, 16]),
-                    window=st.sampled_from([1, 2, 8]), max_outbox=st.sampled_from([1, 4, 64]),
-                    max_queue=st.sampled_from([1, 3]), resend=st.sampled_from([0.05, 0.3]))
+                    batch_bytes=st.sampled_from([1, 40, 4096]), block=st.sampled_from([7, 64, 1 << 20]),
+                    inflight=st.sampled_from([1, 2, 4]), window=st.sampled_from([1, 2, 8]),
+                    max_outbox=st.sampled_from([1, 4, 64]), max_queue=st.sampled_from([1, 3]),
+                    resend=st.sampled_from([0.05, 0.3]))
 
 
 @settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -213,7 +215,7 @@ def test_sum_final_values_match_even_though_running_values_depend_on_arrival_ord
 
 
 def test_rate_limited_source() -> None:
-    cfg = TaskConfig(batch_lines=16, rate=100.0)
+    cfg = TaskConfig(batch_lines=16, block=64, rate=100.0)
     r = JobSim([FilteredTransform(lambda k, v: True)], LINES, tasks=2, fuse=True, seed=1, config=cfg).run()
     assert r.finished and len(r.output) == len(LINES)
     assert r.time >= len(LINES) / 2 / 100 * 0.8
@@ -222,8 +224,9 @@ def test_rate_limited_source() -> None:
 # ------------------------------------------------------------------------------------ the checks bite
 
 class IgnoresFences(MemoryLogStore):
-    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
-        return super().append(name, data, fence=fence, epoch=1 << 40, client=client, seq=seq)
+    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
+               after: int = 0) -> int:
+        return super().append(name, data, fence=fence, epoch=1 << 40, client=client, seq=seq, after=after)
 
 
 def test_without_log_fencing_zombies_break_exactly_once() -> None:
@@ -235,3 +238,21 @@ def test_without_log_fencing_zombies_break_exactly_once() -> None:
         r = sim.run(until=30.0)
         bad += (not r.finished or bool(sim.check()) or Counter(r.output) != Counter(REF_OUT))
     assert bad >= 3
+
+
+def test_paced_source_measures_each_output_lines_latency() -> None:
+    """A paced fused task records, per output line, arrival -> sink append acknowledged."""
+    from rainstorm.stream.latency import quantile
+
+    cfg = TaskConfig(batch_lines=64, block=64, rate=200.0, linger=0.005)
+    sim = JobSim([FilteredTransform(lambda k, v: not v.endswith("5"))], LINES, tasks=2, fuse=True, seed=3, config=cfg)
+    r = sim.run()
+    assert r.finished
+    hist: Counter[int] = Counter()
+    for inst in sim.current.values():
+        assert inst is not None
+        hist.update(inst.task.latency.counts)
+    assert sum(hist.values()) == len(r.output)            # one sample per output line
+    p50, top = quantile(hist, 0.5), quantile(hist, 1.0)
+    assert p50 is not None and top is not None
+    assert 0.0002 < p50 <= top < 0.2     # at least one simulated I/O; at most a few ticks of the simulator

@@ -13,11 +13,22 @@ from rainstorm.stream.channels import Answer, Deliver, Query
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
 from rainstorm.stream.records import CommitRecord, FenceRecord, decode_record, encode_batch
 from rainstorm.stream.reference import run_reference
-from rainstorm.stream.stores import Applied, Fenced, MemoryInboxStore, MemoryLogStore, MemorySource, NotOwner
+from rainstorm.stream.source import Stripe, all_lines
+from rainstorm.stream.stores import (
+    Applied,
+    Fenced,
+    MemoryInboxStore,
+    MemoryLogStore,
+    MemorySource,
+    NotOwner,
+    OutOfOrder,
+)
 from rainstorm.stream.task import Accept, AppendLog, Effect, Phase, Publish, Send, Task, TaskConfig, complete, execute
 
 CFG = TaskConfig(batch_lines=4, batch_entries=2, window=3, resend=0.1)
 LINES = [f"line {i}" + (" err" if i % 5 == 0 else "") for i in range(1, 31)]
+DATA = "".join(x + "\n" for x in LINES).encode()
+OFFS = [o for o, _ in all_lines(DATA)]     # line i (from 0) starts at byte OFFS[i]: its id is f"in:{OFFS[i]}"
 
 
 def boom(k: Any, v: Any) -> Any:
@@ -33,7 +44,7 @@ class Driver:
         self.plan = plan
         self.logs = MemoryLogStore()
         self.inbox = MemoryInboxStore()
-        self.source = MemorySource({plan.src: lines})
+        self.source = MemorySource({plan.src: "".join(x + "\n" for x in lines).encode()})
         self.tasks: dict[TaskRef, Task] = {}
         self.net: deque[Send] = deque()
         self.sent: list[Send] = []
@@ -116,10 +127,10 @@ def test_fused_filter_job_is_one_task_that_reads_filters_and_writes() -> None:
     d.start((0, 0))
     d.run()
     assert d.out() == expected(stages)[0]
-    assert b'["in:5", "line 5 err"]' in d.out()
+    assert f'["in:{OFFS[4]}", "line 5 err"]'.encode() in d.out()
     recs = d.records((0, 0))
     assert isinstance(recs[0], FenceRecord) and all(isinstance(r, CommitRecord) for r in recs[1:])
-    assert recs[-1].source == (31, True)
+    assert recs[-1].source == (len(DATA), True)
 
 
 def test_replacement_fences_the_old_instance_which_can_no_longer_commit() -> None:
@@ -158,7 +169,7 @@ def test_crash_after_commit_before_publish_republishes_once_and_resumes_source()
     assert d.out() == expected(stages)[0] and set(d.out().values()) == {1}
     # the replacement did not re-read what the first committed: its first commit starts past it
     commits = [r for r in d.records((0, 0)) if isinstance(r, CommitRecord)]
-    assert [r.source[0] for r in commits if r.source] == [5 + 4 * i for i in range(7)] + [31]
+    assert [r.source[0] for r in commits if r.source] == [OFFS[4 * i] for i in range(1, 8)] + [len(DATA)]
     assert second.stats["rebuilt_records"] >= 3
 
 
@@ -310,9 +321,47 @@ def test_memory_inbox_open_accept_read_apply() -> None:
         s.accept("t", 2, 0, 4, b"", False, 0)
 
 
-def test_memory_source_strides() -> None:
-    src = MemorySource({"f": ["a", "b", "c", "d", "e"]})
-    assert src.lines("f", 1, 2, 2) == (["a", "c"], False)
-    assert src.lines("f", 5, 2, 2) == (["e"], True)
-    assert src.lines("f", 2, 2, 5) == (["b", "d"], True)
-    assert src.lines("f", 7, 3, 5) == ([], True)
+def test_memory_source_reads_its_stripe() -> None:
+    src = MemorySource({"f": b"a\nb\nc\nd\ne\n"})     # blocks of 4 bytes: "a\nb\n", "c\nd\n", "e\n"
+    r = src.read("f", 0, Stripe(0, 2, 4), 100, final=True)
+    assert (r.lines, r.offsets(), r.next, r.eof) == (["a", "b"], [0, 2], 4, False)
+    r = src.read("f", r.next, Stripe(0, 2, 4), 100, final=True)
+    assert (r.lines, r.offsets(), r.eof) == (["e"], [8], True)
+    r = src.read("f", 0, Stripe(1, 2, 4), 100, final=True)
+    assert (r.lines, r.offsets(), r.eof) == (["c", "d"], [4, 6], True)
+
+
+def test_pipelined_commits_land_in_order_even_when_appends_are_reordered() -> None:
+    """Up to ``inflight`` commits are appended before the first is acknowledged; an append that
+    overtakes its predecessor is refused (OutOfOrder) and retried, so the log keeps commit order."""
+    stages = [Transform(lambda k, v: (v, 1))]
+    plan = build_plan("j", "in", "out", stages, 1)
+    logs, inbox = MemoryLogStore(), MemoryInboxStore()
+    source = MemorySource({"in": DATA})
+    t = Task(plan, (0, 0), 1, TaskConfig(batch_lines=3, inflight=3))
+    t.start(0.0)
+    pending: list[Effect] = []
+    refused = 0
+    for _ in range(2000):
+        pending += t.take_effects()
+        if not pending:
+            if t.done:
+                break
+            t.tick(1.0)
+            continue
+        e = pending.pop()          # newest first: the worst order for a pipelined writer
+        if isinstance(e, AppendLog | Publish):
+            r = execute(e, logs, inbox, source)
+            if isinstance(r, OutOfOrder):
+                refused += 1
+                pending.insert(0, e)
+                continue
+            complete(t, e, r)
+        elif isinstance(e, Send):
+            continue
+        else:
+            complete(t, e, execute(e, logs, inbox, source))
+    assert t.done and refused > 0, (t.phase, t.why)
+    commits = [decode_record(d) for _, d in logs.entries(plan.log_name((0, 0)))][1:]
+    assert [r.source[0] for r in commits] == [OFFS[3 * i] for i in range(1, 10)] + [len(DATA)]
+    assert Counter(logs.data("out").splitlines()) == expected(stages)[0]

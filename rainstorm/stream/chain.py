@@ -12,10 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rainstorm.stream.operators import DeadLetter, Operator, Tup, error_line
+from rainstorm.stream.operators import DeadLetter, FilteredTransform, Operator, Tup, error_line
 from rainstorm.stream.partition import partition_of
 from rainstorm.stream.plan import Plan
 from rainstorm.stream.records import StateChanges, encode_batch, split_encodable
+from rainstorm.stream.source import Lines
 
 _json_line = json.JSONEncoder(ensure_ascii=False, allow_nan=True).encode
 _json_dead = json.JSONEncoder(ensure_ascii=False, default=repr).encode
@@ -79,10 +80,22 @@ class Chain:
         self.router_stage = head[0] if head else -1
 
     def run(self, batch: list[Any]) -> BatchResult:
+        return self._run(batch, self.ops, BatchResult())
+
+    def run_source(self, src: str, chunk: Lines) -> BatchResult:
+        """A source batch: the first operator sees the lines before any tuple or id is built (a filter
+        that drops most lines never pays for their ids); ``<src>:<byte offset>`` ids come after."""
         res = BatchResult()
+        head = self.ops[0][1] if self.ops else None
+        if isinstance(head, FilteredTransform):
+            kept = head.run_lines(self.ops[0][0], src, chunk.lines, chunk.offsets, res.dead)
+            return self._run(kept, self.ops[1:], res)
+        ids = [f"{src}:{o}" for o in chunk.offsets()]
+        return self._run(list(zip(ids, ids, chunk.lines, strict=True)), self.ops, res)
+
+    def _run(self, tuples: list[Any], ops: list[tuple[int, Operator]], res: BatchResult) -> BatchResult:
         dead = res.dead
-        tuples: list[Any] = batch
-        for stage, op in self.ops:
+        for stage, op in ops:
             changes: dict[Any, Any] = {}
             tuples = op.run(stage, tuples, dead, self.state.get(stage, changes), changes)
             if changes:

@@ -14,8 +14,10 @@ a list. AggregateByKey group keys are frozen (lists -> tuples) so they stay hash
 
 from __future__ import annotations
 
+import dis
 import types
 from collections.abc import Callable, Iterator, Mapping
+from itertools import compress, repeat
 from typing import Any
 
 import msgpack
@@ -68,6 +70,26 @@ def freeze(v: Any) -> Any:
     if type(v) is list:
         return tuple(freeze(x) for x in v)
     return v
+
+
+_FRAME_PEEKERS = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe"})
+
+
+def reads_first_arg(fn: Any) -> bool:
+    """Whether ``fn`` may read its first argument (the key). Only a plain function whose bytecode never
+    touches that parameter (no load, store, closure or frame inspection) is known not to; anything
+    else (builtins, callable objects, ``*args`` wrappers) is assumed to read it."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(fn, types.FunctionType) or code is None or code.co_argcount < 1:
+        return True
+    name = code.co_varnames[0]
+    if name in code.co_cellvars or _FRAME_PEEKERS & set(code.co_names):
+        return True
+    for ins in dis.get_instructions(code):
+        v = ins.argval
+        if v == name or (isinstance(v, tuple) and name in v):
+            return True
+    return False
 
 
 def _check_callable(what: str, fn: Any) -> None:
@@ -144,28 +166,52 @@ class FilteredTransform(Operator):
             _check_callable("FilteredTransform(predicate, fn): fn", fn)
         self.predicate = predicate
         self.fn = fn
+        self._keyless = not reads_first_arg(predicate)
 
     def __repr__(self) -> str:
         return f"FilteredTransform({getattr(self.predicate, '__name__', self.predicate)!s})"
 
     def run(self, stage: int, batch: list[Tup], dead: list[DeadLetter],
             state: dict[Any, Any], changes: dict[Any, Any]) -> list[Tup]:
-        pred, fn = self.predicate, self.fn
+        pred = self.predicate
+        kept: list[Tup] = []
+        append = kept.append
+        for t in batch:
+            try:
+                if pred(t[1], t[2]):
+                    append(t)
+            except Exception as exc:
+                dead.append((t[0], stage, t[1], t[2], error_line(exc)))
+        return self._project(stage, kept, dead)
+
+    def run_lines(self, stage: int, src: str, lines: list[str], offsets: Callable[[], list[int]],
+                  dead: list[DeadLetter]) -> list[Tup]:
+        """The source's hot path: the predicate runs over the lines from C (``map``), with no key when
+        it never reads its key (:func:`reads_first_arg`), and ids are built for the kept lines only.
+        If the predicate raises on any line, the batch is run tuple by tuple for its dead letters."""
+        pred, n = self.predicate, len(lines)
+        try:
+            keys: Any = repeat(None, n) if self._keyless else [f"{src}:{o}" for o in offsets()]
+            keep = list(compress(range(n), map(pred, keys, lines)))
+        except Exception:
+            ids = [f"{src}:{o}" for o in offsets()]
+            return self.run(stage, list(zip(ids, ids, lines, strict=True)), dead, {}, {})
+        if not keep:
+            return []
+        offs = offsets()
+        kept = [(tid, tid, lines[i]) for i in keep for tid in (f"{src}:{offs[i]}",)]
+        return self._project(stage, kept, dead)
+
+    def _project(self, stage: int, kept: list[Tup], dead: list[DeadLetter]) -> list[Tup]:
+        """The kept tuples with their derived ids, through ``fn`` if there is one."""
+        suffix = f"/{stage}.0"
+        fn = self.fn
+        if fn is None:  # the hot path of a grep-like job: one tuple per kept line
+            return [(tid + suffix, k, v) for tid, k, v in kept]
         out: list[Tup] = []
         append = out.append
-        suffix = f"/{stage}.0"
-        if fn is None:  # the hot path of a grep-like job: one call and one append per kept tuple
-            for tid, k, v in batch:
-                try:
-                    if pred(k, v):
-                        append((tid + suffix, k, v))
-                except Exception as exc:
-                    dead.append((tid, stage, k, v, error_line(exc)))
-            return out
-        for tid, k, v in batch:
+        for tid, k, v in kept:
             try:
-                if not pred(k, v):
-                    continue
                 r = fn(k, v)
                 if type(r) is tuple and len(r) == 2:
                     append((tid + suffix, r[0], r[1]))

@@ -2,15 +2,16 @@
 
 A task's log (one HyDFS file per task) is the truth; each append entry holds exactly one record:
 
-``[1, FENCE, epoch]``
+``[2, FENCE, epoch]``
     written first by every new task instance (a conditional append at its epoch). Records of lower
     epochs can no longer land after it: HyDFS checks the fence in the same step as the append.
-``[1, COMMIT, epoch, inputs, source, outputs, sink, dead, state, acks, pub]``
+``[2, COMMIT, epoch, inputs, source, outputs, sink, dead, state, acks, pub]``
     one processed batch; the append is the commit point and the entry's log index is the batch's id.
 
     - ``inputs``  ``[[channel, mark, end], ...]``: the input channels this batch advanced, the
       sequence number reached (the receiver's *committed* mark) and whether the channel ended;
-    - ``source``  ``[next_line, eof]`` or nil: for a source task, the next line to read;
+    - ``source``  ``[next_pos, eof]`` or nil: for a source task, the byte offset it reads on from
+      (version 1 logged a line number here: its logs are refused, not misread);
     - ``outputs`` ``[[partition, seq, payload, end], ...]``: at most one batch per output channel,
       its sequence number (assigned here, contiguous per channel) and the encoded tuples;
     - ``sink``    bytes: the exact lines to append to the destination (a sink task), or empty;
@@ -36,7 +37,7 @@ import msgpack
 
 from rainstorm.stream.operators import Tup, freeze
 
-VERSION = 1
+VERSION = 2
 FENCE, COMMIT, SNAPSHOT = 0, 1, 2
 MAX_INT = (1 << 63) - 1
 MAX_ID = 4096
@@ -130,7 +131,7 @@ def decode_record(data: bytes) -> Record:
         rec.inputs.append((_nat(x[0], "input channel"), _nat(x[1], "input mark"), _bool(x[2], "input end")))
     if source is not None:
         s = _list(source, "source", 2)
-        rec.source = (_nat(s[0], "source line"), _bool(s[1], "source eof"))
+        rec.source = (_nat(s[0], "source offset"), _bool(s[1], "source eof"))
     for x in _list(outputs, "outputs"):
         x = _list(x, "output", 4)
         rec.outputs.append((_nat(x[0], "output partition"), _nat(x[1], "output seq"), _bytes(x[2], "payload"),

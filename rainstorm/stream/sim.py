@@ -35,7 +35,7 @@ from typing import Any
 from rainstorm.stream.operators import Operator
 from rainstorm.stream.plan import TaskRef, build_plan
 from rainstorm.stream.records import CommitRecord, FenceRecord, decode_record
-from rainstorm.stream.stores import MemoryInboxStore, MemoryLogStore, MemorySource
+from rainstorm.stream.stores import MemoryInboxStore, MemoryLogStore, MemorySource, OutOfOrder
 from rainstorm.stream.task import (
     Accept,
     AppendLog,
@@ -149,11 +149,12 @@ class JobSim:
         self.plan = build_plan("job", src, dest, stages, tasks, fuse=fuse)
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
-        self.cfg = config or TaskConfig(batch_lines=16, batch_entries=4, window=4, max_outbox=16, resend=0.2)
+        self.cfg = config or TaskConfig(batch_lines=16, batch_bytes=96, block=64, batch_entries=4, window=4,
+                                        max_outbox=16, resend=0.2)
         self.detect, self.tick_every = detect, tick
         self.logs = logs or MemoryLogStore()
         self.redis = [MemoryInboxStore() for _ in range(nodes)]
-        self.source = MemorySource({src: list(lines)})
+        self.source = MemorySource({src: "".join(x + "\n" for x in lines).encode()})
         self.refs: list[TaskRef] = self.plan.tasks()
         self.epoch: dict[TaskRef, int] = dict.fromkeys(self.refs, 0)
         self.current: dict[TaskRef, Inst | None] = dict.fromkeys(self.refs)
@@ -308,6 +309,10 @@ class JobSim:
         elif self._held(inst, "exec", (inst, eff, crash_after)):
             return
         result = execute(eff, self.logs, self.redis[inst.node], self.source)
+        if isinstance(result, OutOfOrder):   # as the HyDFS client does: the same append again, shortly
+            self.stats["out_of_order"] += 1
+            self._push(self.now + self._lat(self.faults.io), "exec", (inst, eff, crash_after))
+            return
         if crash_after:
             self._crash(inst, "after_" + _point(eff))
             return

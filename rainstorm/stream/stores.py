@@ -22,9 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rainstorm.stream.source import Lines, Stripe, read_lines
+
 
 class Fenced(Exception):
     """A conditional append was refused: a newer instance of the writer recorded a higher epoch."""
+
+
+class OutOfOrder(Exception):
+    """An ordered append arrived before the append it must follow: try it again shortly (the HyDFS
+    client does that by itself; the simulator's driver re-queues the effect)."""
 
 
 class NotOwner(Exception):
@@ -56,8 +63,10 @@ class Applied:
 
 
 class LogStore(Protocol):
-    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
-        """Append one entry (creating the file if needed); its index. Raises Fenced."""
+    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
+               after: int = 0) -> int:
+        """Append one entry (creating the file if needed); its index. Raises Fenced, and OutOfOrder
+        if ``after`` > 0 and the entry keyed (client, after) is not in the file yet."""
         ...
 
     def entries(self, name: str) -> list[tuple[int, bytes]]:
@@ -89,7 +98,8 @@ class InboxStore(Protocol):
 
 
 class AsyncLogStore(Protocol):
-    async def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int: ...
+    async def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
+                     after: int = 0) -> int: ...
 
     async def entries(self, name: str) -> list[tuple[int, bytes]]: ...
 
@@ -106,9 +116,8 @@ class AsyncInboxStore(Protocol):
 
 
 class SourceReader(Protocol):
-    def lines(self, name: str, start: int, stride: int, limit: int) -> tuple[list[str], bool]:
-        """Lines ``start, start + stride, ...`` (1-based line numbers), at most ``limit``; and whether
-        the file has no line beyond the last one returned at this stride (end of input)."""
+    def read(self, name: str, pos: int, stripe: Stripe, max_bytes: int, final: bool) -> Lines:
+        """Whole lines of ``stripe`` from byte ``pos`` (see ``source.py``)."""
         ...
 
 
@@ -130,11 +139,14 @@ class MemoryLogStore:
         self.files: dict[str, MemFile] = {}
         self.fenced = 0
 
-    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int) -> int:
+    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
+               after: int = 0) -> int:
         f = self.files.setdefault(name, MemFile())
         idx = f.dedup.get((client, seq))
         if idx is not None:
             return idx
+        if after and (client, after) not in f.dedup:
+            raise OutOfOrder(f"{name}: ({client}, {seq}) before ({client}, {after})")
         if epoch < f.fences.get(fence, -1):
             self.fenced += 1
             raise Fenced(f"{name}: epoch {epoch} < {f.fences[fence]} recorded for {fence}")
@@ -250,13 +262,10 @@ class MemoryInboxStore:
 
 
 class MemorySource:
-    """Source files held in memory (as the worker will hold a fetched HyDFS file, split into lines)."""
+    """Source files held whole in memory (the simulator's), read through the same scan as HyDFS ones."""
 
-    def __init__(self, files: Mapping[str, list[str]] | None = None) -> None:
-        self.files: dict[str, list[str]] = dict(files or {})
+    def __init__(self, files: Mapping[str, bytes] | None = None) -> None:
+        self.files: dict[str, bytes] = dict(files or {})
 
-    def lines(self, name: str, start: int, stride: int, limit: int) -> tuple[list[str], bool]:
-        rows = self.files[name]
-        stop = min(len(rows), start - 1 + stride * limit)
-        out = rows[start - 1:stop:stride]
-        return out, start + stride * len(out) > len(rows)
+    def read(self, name: str, pos: int, stripe: Stripe, max_bytes: int, final: bool) -> Lines:
+        return read_lines(self.files[name], stripe, pos, max_bytes, final)

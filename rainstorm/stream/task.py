@@ -46,6 +46,7 @@ from typing import Any
 
 from rainstorm.stream.chain import BatchResult, Chain, dead_lines
 from rainstorm.stream.channels import Answer, Deliver, Message, OutChannel, Query
+from rainstorm.stream.latency import Latency
 from rainstorm.stream.plan import Plan, TaskRef
 from rainstorm.stream.records import (
     EMPTY_BATCH,
@@ -57,19 +58,39 @@ from rainstorm.stream.records import (
     decode_record,
     encode_record,
 )
-from rainstorm.stream.stores import Applied, Fenced, InboxEntry, InboxStore, LogStore, NotOwner, SourceReader
+from rainstorm.stream.source import Lines, Stripe
+from rainstorm.stream.stores import (
+    Applied,
+    Fenced,
+    InboxEntry,
+    InboxStore,
+    LogStore,
+    NotOwner,
+    OutOfOrder,
+    SourceReader,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TaskConfig:
-    batch_lines: int = 4096      # source lines per read (one commit)
+    """How a task batches and paces. A source batch closes when it holds ``batch_lines`` lines or
+    ``batch_bytes`` of the file, or (paced) when its oldest line has waited ``linger`` seconds
+    (Kafka's ``batch.size`` / ``linger.ms``): big batches when there is a backlog, small and quick
+    ones when lines trickle in. Up to ``inflight`` commits are appended before the first is
+    acknowledged (HyDFS keeps them in order), so processing overlaps replication."""
+
+    batch_lines: int = 32768     # source lines per commit at most
+    batch_bytes: int = 1 << 20   # source bytes per read (one commit) at most
     batch_entries: int = 64      # inbox entries (batches) per read (one commit)
+    linger: float = 0.005        # paced source: the longest a read line waits for its batch to fill
+    inflight: int = 4            # commits appended and not yet acknowledged
     window: int = 16             # batches sent past a receiver's committed mark
     max_outbox: int = 64         # unconfirmed batches on a channel before the task stops reading
-    max_queue: int = 2           # commits waiting to be applied / published before it stops reading
+    max_queue: int = 8           # commits waiting to be applied / published before it stops reading
     resend: float = 0.5          # seconds without progress before re-sending / re-asking
-    rate: float | None = None    # source lines per second per source task (None: unlimited)
+    rate: float | None = None    # paced source: lines per second per source task arrive (None: all there)
     follow: bool = False         # source: at the end of the file, wait for appended lines (until stopped)
+    block: int = 1 << 20         # source file blocks: task p of N reads blocks p, p+N, ... (same for all tasks)
 
 
 # --------------------------------------------------------------------------- effects
@@ -77,6 +98,9 @@ class TaskConfig:
 
 @dataclass(frozen=True, slots=True)
 class AppendLog:
+    """A log append, fenced at ``epoch``, keyed (client, seq); ``after`` > 0: it must land right
+    after the append keyed (client, after), so pipelined commits keep their order in the log."""
+
     op: int
     name: str
     data: bytes
@@ -84,6 +108,7 @@ class AppendLog:
     epoch: int
     client: str
     seq: int
+    after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +155,13 @@ class ApplyInbox:
 
 @dataclass(frozen=True, slots=True)
 class ReadSource:
+    """Whole lines of the source from byte ``pos``, in the blocks of ``stripe``, about ``max_bytes``."""
+
     op: int
     name: str
-    start: int
-    stride: int
-    limit: int
+    pos: int
+    stripe: Stripe
+    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +186,29 @@ class Send:
 
 
 Effect = AppendLog | ReadLog | OpenInbox | ReadInbox | Accept | ApplyInbox | ReadSource | Publish | Send
+
+
+@dataclass(slots=True)
+class _Commit:
+    """A commit record appended and not yet acknowledged (commits are applied in log order)."""
+
+    op: int
+    rec: CommitRecord
+    acks: list[str]
+    index: int | None = None
+    arrivals: tuple[float, float, int] | None = None   # paced source: first / last line arrival, lines
+
+
+@dataclass(slots=True)
+class _Pub:
+    """A commit's sink and dead-letter lines, on their way to the destination files."""
+
+    index: int
+    sink: bytes
+    dead: bytes
+    ops: set[int]
+    sent: bool = False
+    arrivals: tuple[float, float, int] | None = None
 
 
 class Phase(enum.Enum):
@@ -210,21 +260,33 @@ class Task:
         # producer side
         self.out = [OutChannel(q) for q in range(self.chain.parts)]
         self._acks_logged = [0] * self.chain.parts
+        # what commits in flight have taken already (the committed marks above move at acknowledgement)
+        self._taken = [0] * n_in
+        self._ended_taken = [False] * n_in
+        self._seq_taken = [0] * self.chain.parts
         # source
-        self.stride = plan.phys[0].tasks
-        self.next_line = self.part + 1
+        self.stripe = Stripe(self.part, plan.phys[0].tasks, self.cfg.block)
+        self.next_pos = 0                           # committed: where a replacement resumes reading
         self.eof = False
-        self._tokens = float(min(self.cfg.batch_lines, self.cfg.rate or self.cfg.batch_lines))  # no burst past the rate
-        self._refill_at = -math.inf
+        self._read_pos = 0                          # where the next read starts
+        self._eof_taken = False
+        self._t0 = 0.0                              # paced: line k (from 0) arrives at t0 + (k + 1) / rate
+        self._lines_taken = 0
+        self._line_bytes = 100.0                    # average line size seen, to size paced reads
+        self.wake_at = math.inf                     # the driver should tick us by then (paced source)
+        self.latency = Latency()                    # arrival -> durable in the sink, per line (paced, fused)
+        self.started_at = 0.0
+        self.first_commit_at: float | None = None   # recovery: when this instance first committed
         # log / lanes
         self.applied = 0                            # last log index applied in memory
         self.pub = 0                                # highest log index whose lines are published
-        self._main = "idle"                         # idle | reading | committing
-        self._commit: tuple[int, CommitRecord, list[str]] | None = None
+        self._main = "idle"                         # idle | reading
+        self._inflight: deque[_Commit] = deque()
         self._apply_q: deque[Applied] = deque()
         self._apply_op: int | None = None
-        self._pub_q: deque[tuple[int, bytes, bytes]] = deque()
-        self._pub_ops: set[int] = set()
+        self._pub_q: deque[_Pub] = deque()
+        self._pubs: dict[int, _Pub] = {}            # publish op -> its commit's lines
+        self._arrivals: dict[int, tuple[float, float, int]] = {}   # log index -> arrivals, until published
         self._ops: dict[int, tuple[str, int]] = {}  # op id -> (kind, detail)
         self._next_op = 0
         self._log_seq = 0
@@ -248,14 +310,14 @@ class Task:
     @property
     def done(self) -> bool:
         """Finished, every output committed by its receiver, every line published: nothing left to do."""
-        return (self.phase is Phase.RUNNING and self.finished and self._main == "idle" and self._commit is None
-                and not self._apply_q and self._apply_op is None and not self._pub_q and not self._pub_ops
+        return (self.phase is Phase.RUNNING and self.finished and self._main == "idle" and not self._inflight
+                and not self._apply_q and self._apply_op is None and not self._pub_q
                 and all(ch.ended and not ch.pending() for ch in self.out))
 
     def start(self, now: float = 0.0) -> None:
         """Step 1: the fence record, conditional on our epoch."""
         assert self.phase is Phase.NEW
-        self.now = now
+        self.now = self.started_at = now
         self.phase = Phase.FENCING
         self._append(encode_record(FenceRecord(self.epoch)), "fence")
 
@@ -295,7 +357,11 @@ class Task:
             self.phase = Phase.REBUILDING
             self._emit(ReadLog(self._op("readlog"), self.log))
         elif kind == "commit":
-            self._committed(index)
+            for c in self._inflight:
+                if c.op == op:
+                    c.index = index
+            while self._inflight and self._inflight[0].index is not None:
+                self._committed(self._inflight.popleft())
 
     def on_log_read(self, op: int, entries: list[tuple[int, bytes]]) -> None:
         if self._done(op) != "readlog":
@@ -316,25 +382,37 @@ class Task:
         for c in range(len(self.accepted)):
             self.accepted[c] = max(accepted.get(c, 0), self.committed[c])
         self.phase = Phase.RUNNING
+        self._t0 = self.now
         for ch in self.out:
             self._pump(ch)
         self._pump_publish()
         self._kick()
 
-    def on_source_read(self, op: int, lines: list[str], eof: bool) -> None:
+    def on_source_read(self, op: int, chunk: Lines) -> None:
         if self._done(op) != "source":
             return
-        start, stride, src = self.next_line, self.stride, self.plan.src
-        eof = eof and not self.cfg.follow   # following: the end of the file is only "nothing yet"
-        if not lines and not eof:
-            self._main = "idle"   # nothing yet: try again on a later tick
-            return
-        self._tokens -= len(lines)
-        ids = [f"{src}:{n}" for n in range(start, start + stride * len(lines), stride)]
-        batch = list(zip(ids, ids, lines, strict=True))   # the source key is the id, the value the line
-        res = self.chain.run(batch)
-        self.stats["in_tuples"] += len(batch)
-        self._commit_batch(res, [], (start + stride * len(lines), eof), [], eof)
+        eof = chunk.eof and not self.cfg.follow   # following: the end of the file is only "nothing yet"
+        limit = self.cfg.batch_lines
+        if self.cfg.rate:
+            limit = min(limit, self._available())
+        if len(chunk.lines) > limit:
+            chunk, eof = chunk.cut(limit), False
+        self._main = "idle"
+        if not chunk.lines and not eof:
+            self._read_pos = max(self._read_pos, chunk.next)   # skipped bytes without lines of ours
+            return   # nothing yet: try again on a later tick
+        n = len(chunk.lines)
+        if n:
+            self._line_bytes = 0.8 * self._line_bytes + 0.2 * ((chunk.next - chunk.base) / n)
+        arrivals = None
+        if self.cfg.rate:
+            k, r = self._lines_taken, self.cfg.rate
+            arrivals = (self._t0 + (k + 1) / r, self._t0 + (k + n) / r, n)
+            self._lines_taken += n
+        res = self.chain.run_source(self.plan.src, chunk)
+        self.stats["in_tuples"] += n
+        self._read_pos, self._eof_taken = chunk.next, eof
+        self._commit_batch(res, [], (chunk.next, eof), [], eof, arrivals)
 
     def on_inbox_read(self, op: int, entries: list[InboxEntry]) -> None:
         if self._done(op) != "inbox":
@@ -350,7 +428,7 @@ class Task:
         for e in entries:
             acks.append(e.id)
             c = e.channel
-            expect = marks.get(c, self.committed[c])
+            expect = marks.get(c, self._taken[c])
             if e.seq <= expect:
                 self.stats["stale_entries"] += 1   # committed before a crash, not acked yet
                 continue
@@ -376,7 +454,7 @@ class Task:
         self.stats["in_tuples"] += len(batch)
         res.dead.extend(bad)
         inputs = [(c, m, c in ends) for c, m in sorted(marks.items())]
-        all_ended = all(self.ended[c] or c in ends for c in range(len(self.ended)))
+        all_ended = all(self._ended_taken[c] or c in ends for c in range(len(self.ended)))
         self._commit_batch(res, inputs, None, acks, all_ended)
 
     def on_accepted(self, op: int, accepted: int) -> None:
@@ -397,11 +475,15 @@ class Task:
     def on_published(self, op: int, index: int) -> None:
         if self._done(op) != "publish":
             return
-        self._pub_ops.discard(op)
-        if not self._pub_ops:
-            self.pub = self._pub_q.popleft()[0]
-            self._pump_publish()
-            self._kick()
+        item = self._pubs.pop(op)
+        item.ops.discard(op)
+        if not item.ops and item.arrivals is not None:
+            first, last, n = item.arrivals
+            self.latency.add(self.now - last, self.now - first, n)
+        while self._pub_q and self._pub_q[0].sent and not self._pub_q[0].ops:
+            self.pub = self._pub_q.popleft().index
+        self._pump_publish()
+        self._kick()
 
     # ------------------------------------------------------------------ internals: bookkeeping
 
@@ -427,7 +509,8 @@ class Task:
     def _append(self, data: bytes, kind: str) -> int:
         self._log_seq += 1
         op = self._op(kind)
-        self._emit(AppendLog(op, self.log, data, self.name, self.epoch, self.client, self._log_seq))
+        after = self._log_seq - 1 if kind == "commit" else 0   # pipelined commits land in order
+        self._emit(AppendLog(op, self.log, data, self.name, self.epoch, self.client, self._log_seq, after))
         return op
 
     # ------------------------------------------------------------------ rebuild
@@ -449,7 +532,10 @@ class Task:
         if fence != self.epoch:
             self._die(f"own fence (epoch {self.epoch}) missing from the log read")
             return
-        self._pub_q = deque(x for x in self._pub_q if x[0] > self.pub)
+        self._pub_q = deque(x for x in self._pub_q if x.index > self.pub)
+        self._taken, self._ended_taken = list(self.committed), list(self.ended)
+        self._seq_taken = [ch.last for ch in self.out]
+        self._read_pos, self._eof_taken = self.next_pos, self.eof
         self.stats["rebuilt_records"] = len(entries)
 
     def _apply_record(self, index: int, rec: CommitRecord, live: bool) -> None:
@@ -461,7 +547,7 @@ class Task:
             self.committed[c] = mark
             self.ended[c] = self.ended[c] or end
         if rec.source is not None:
-            self.next_line, self.eof = rec.source
+            self.next_pos, self.eof = rec.source
         for q, seq, payload, end in rec.outputs:
             self.out[q].add(seq, payload, end)
         if not live:
@@ -474,41 +560,58 @@ class Task:
                     st[g] = v
             self.pub = max(self.pub, rec.pub)
         if (rec.sink or rec.dead) and index > self.pub:
-            self._pub_q.append((index, rec.sink, rec.dead))
+            self._pub_q.append(_Pub(index, rec.sink, rec.dead, set(), arrivals=self._arrivals.pop(index, None)))
         self.applied = index
 
     # ------------------------------------------------------------------ main lane
 
     def _blocked(self) -> bool:
-        if len(self._apply_q) >= self.cfg.max_queue or len(self._pub_q) >= self.cfg.max_queue:
+        if (len(self._inflight) >= self.cfg.inflight or len(self._apply_q) >= self.cfg.max_queue
+                or len(self._pub_q) >= self.cfg.max_queue):
             return True
         return any(len(ch.batches) >= self.cfg.max_outbox for ch in self.out)
 
+    def _available(self) -> int:
+        """Paced source: lines that have arrived and are not taken yet."""
+        assert self.cfg.rate
+        return int((self.now - self._t0) * self.cfg.rate) - self._lines_taken
+
     def _kick(self) -> None:
-        if self.phase is not Phase.RUNNING or self._main != "idle" or self.finished or self._blocked():
+        """Start reading the next batch if a commit slot is free (this overlaps the commits in flight)."""
+        self.wake_at = math.inf   # set again below only while a paced batch waits to fill
+        if self.phase is not Phase.RUNNING or self._main != "idle" or self._blocked():
             return
         if self.is_source:
-            limit = self.cfg.batch_lines
+            if self._eof_taken:
+                return
+            limit = self.cfg.batch_bytes
             if self.cfg.rate:
-                if self._refill_at > -math.inf:
-                    self._tokens = min(float(limit), self._tokens + (self.now - self._refill_at) * self.cfg.rate)
-                self._refill_at = self.now
-                limit = min(limit, int(self._tokens))
-                if limit < 1:
+                rate, avail = self.cfg.rate, self._available()
+                oldest = self._t0 + (self._lines_taken + 1) / rate   # when the oldest waiting line arrived
+                full = self._t0 + (self._lines_taken + self.cfg.batch_lines) / rate
+                if avail < 1:
+                    self.wake_at = oldest
                     return
+                if avail < self.cfg.batch_lines and self.now < oldest + self.cfg.linger:
+                    self.wake_at = min(oldest + self.cfg.linger, full)   # close on time or on size
+                    return
+                limit = min(limit, int(avail * self._line_bytes * 1.25) + 256)
             self._main = "reading"
-            self._emit(ReadSource(self._op("source"), self.plan.src, self.next_line, self.stride, limit))
+            self._emit(ReadSource(self._op("source"), self.plan.src, self._read_pos, self.stripe, limit))
         else:
+            if all(self._ended_taken):
+                return
             self._main = "reading"
             self._emit(ReadInbox(self._op("inbox"), self.name, self.epoch, self.cfg.batch_entries))
 
     def _commit_batch(self, res: BatchResult, inputs: list[tuple[int, int, bool]], source: tuple[int, bool] | None,
-                      acks: list[str], end: bool) -> None:
+                      acks: list[str], end: bool, arrivals: tuple[float, float, int] | None = None) -> None:
         outputs: list[Output] = []
-        for q, ch in enumerate(self.out):
+        for q in range(len(self.out)):
             payload = res.outputs.get(q)
             if payload is not None or end:
-                outputs.append((q, ch.last + 1, EMPTY_BATCH if payload is None else payload, end))
+                self._seq_taken[q] += 1
+                outputs.append((q, self._seq_taken[q], EMPTY_BATCH if payload is None else payload, end))
         ack_marks = []
         for q, ch in enumerate(self.out):
             if ch.committed > self._acks_logged[q]:
@@ -516,27 +619,37 @@ class Task:
                 self._acks_logged[q] = ch.committed
         rec = CommitRecord(self.epoch, inputs, source, outputs, res.sink, dead_lines(res.dead), res.state,
                            ack_marks, self.pub)
+        for c, mark, ended in inputs:
+            self._taken[c] = mark
+            self._ended_taken[c] = self._ended_taken[c] or ended
+        sunk = res.sink.count(b"\n")
+        if arrivals is not None:   # latency is measured for the lines that produced output
+            arrivals = (arrivals[0], arrivals[1], sunk) if sunk else None
         # counters for `rainstorm status` (this instance's work; a replacement starts from 0)
-        self.stats["out_tuples"] += sum(res.counts.values()) + res.sink.count(b"\n")
+        self.stats["out_tuples"] += sum(res.counts.values()) + sunk
         self.stats["dead_letters"] += len(res.dead)
-        self._commit = (self._append(encode_record(rec), "commit"), rec, acks)
-        self._main = "committing"
+        self._inflight.append(_Commit(self._append(encode_record(rec), "commit"), rec, acks, arrivals=arrivals))
+        self._main = "idle"
         self.stats["commits"] += 1
+        self._kick()
 
-    def _committed(self, index: int) -> None:
-        assert self._commit is not None
-        _, rec, acks = self._commit
-        self._commit = None
+    def _committed(self, c: _Commit) -> None:
+        assert c.index is not None
+        rec, index = c.rec, c.index
+        if self.first_commit_at is None:
+            self.first_commit_at = self.now
+        if c.arrivals is not None:
+            self._arrivals[index] = c.arrivals
         self._apply_record(index, rec, live=True)
-        self._apply_q.append(Applied(index, acks, rec.state, rec.outputs,
+        self._arrivals.pop(index, None)
+        self._apply_q.append(Applied(index, c.acks, rec.state, rec.outputs,
                                      {ch.part: ch.committed for ch in self.out}))
         self._pump_apply()
         self._pump_publish()
-        for c, _, _ in rec.inputs:
-            self._answer(c)
+        for ch, _, _ in rec.inputs:
+            self._answer(ch)
         for q, _, _, _ in rec.outputs:
             self._pump(self.out[q])
-        self._main = "idle"
         self._kick()
 
     # ------------------------------------------------------------------ apply and publish lanes
@@ -553,14 +666,21 @@ class Task:
         self._emit(ApplyInbox(self._apply_op, self.name, self.epoch, upd))
 
     def _pump_publish(self) -> None:
-        if self._pub_ops or not self._pub_q or self.phase is not Phase.RUNNING:
+        """Publish the lines of up to ``inflight`` commits at once; ``pub`` follows the ones done in a row."""
+        if self.phase is not Phase.RUNNING:
             return
-        index, sink, dead = self._pub_q[0]
-        for name, data, kind in ((self.plan.dest, sink, "out"), (self.plan.deadletters, dead, "dead")):
-            if data:
-                op = self._op("publish")
-                self._pub_ops.add(op)
-                self._emit(Publish(op, name, data, self.name, self.epoch, f"{self.name}:{kind}", index))
+        for k, item in enumerate(self._pub_q):
+            if k >= self.cfg.inflight:
+                break
+            if item.sent:
+                continue
+            item.sent = True
+            for name, data, kind in ((self.plan.dest, item.sink, "out"), (self.plan.deadletters, item.dead, "dead")):
+                if data:
+                    op = self._op("publish")
+                    item.ops.add(op)
+                    self._pubs[op] = item
+                    self._emit(Publish(op, name, data, self.name, self.epoch, f"{self.name}:{kind}", item.index))
 
     # ------------------------------------------------------------------ channels
 
@@ -642,7 +762,10 @@ class Task:
 def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader) -> Any:
     """Perform one effect (not Send) on synchronous stores; the result, or the Fenced / NotOwner raised."""
     try:
-        if isinstance(eff, AppendLog | Publish):
+        if isinstance(eff, AppendLog):
+            return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq,
+                               after=eff.after)
+        if isinstance(eff, Publish):
             return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq)
         if isinstance(eff, ReadLog):
             return logs.entries(eff.name)
@@ -656,8 +779,8 @@ def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader
             inbox.apply(eff.task, eff.epoch, eff.update)
             return None
         if isinstance(eff, ReadSource):
-            return source.lines(eff.name, eff.start, eff.stride, eff.limit)
-    except (Fenced, NotOwner) as exc:
+            return source.read(eff.name, eff.pos, eff.stripe, eff.max_bytes, final=True)
+    except (Fenced, NotOwner, OutOfOrder) as exc:
         return exc
     raise TypeError(f"not a store effect: {eff!r}")
 
@@ -666,6 +789,8 @@ def complete(task: Task, eff: Effect, result: Any) -> None:
     """Report an effect's outcome (from :func:`execute` or an async twin) to the task."""
     if isinstance(eff, Send):
         raise TypeError("a Send has no outcome")
+    if isinstance(result, OutOfOrder):
+        raise TypeError("an out-of-order append is retried by the driver, not completed")
     if isinstance(result, Fenced):
         task.on_failed(eff.op, f"fenced: {result}")
     elif isinstance(result, NotOwner):
@@ -685,4 +810,4 @@ def complete(task: Task, eff: Effect, result: Any) -> None:
     elif isinstance(eff, ApplyInbox):
         task.on_applied(eff.op)
     elif isinstance(eff, ReadSource):
-        task.on_source_read(eff.op, result[0], result[1])
+        task.on_source_read(eff.op, result)
