@@ -254,6 +254,26 @@ class NodeCore:
         leader.on_client(src, m, now)
         self._reap(name, now)
 
+    def local_range(self, name: str, offset: int, length: int) -> tuple[bytes, int] | None:
+        """A ranged read of our own copy for a reader in this process (a task reading a source file this
+        node holds): committed bytes ``[offset, offset + length)`` and the committed size, under the rule
+        of a replica read (a trusted in-sync member, up to what it knows is acknowledged), or None where
+        that rule refuses. The size may lag the primary's: a caller bounds what it asks for by a size the
+        primary gave it and reads the rest at the primary."""
+        meta = self.storage.meta(name)
+        leader = self.leaders.get(name)
+        if meta is None or meta.created is None:
+            return None
+        if leader is not None:
+            commit = leader.commit
+        elif self.vol(name).trusted and self.node_id in meta.isr:
+            commit = min(self.vol(name).commit, self.storage.last(name)[0])
+        else:
+            return None
+        size = self.storage.data_end(name, commit)
+        off = min(offset, size)
+        return self.storage.read_bytes(name, off, min(length, size - off, self.config.range_bytes)), size
+
     def _replica_get(self, src: str, m: Msg) -> None:
         """Serve a read (entries or a byte range) from our copy, up to what we know is acknowledged
         (possibly stale, never unacknowledged)."""

@@ -329,6 +329,10 @@ class HydfsServer:
         box.used = self.clock()
         return out
 
+    def local_range(self, name: str, offset: int, length: int) -> tuple[bytes, int] | None:
+        """A ranged read of this node's own copy, in-process: see ``NodeCore.local_range``."""
+        return self.core.local_range(name, offset, length)
+
     async def _on_info(self, _a: dict[str, Any]) -> dict[str, Any]:
         return self.core.describe()
 

@@ -100,7 +100,8 @@ class Node:
             self.leader = Leader(self.spec.node_id, self.rpc, self.dfs, self.gossip)
             self._leader_start = asyncio.create_task(self._restore_leader(self.leader))
         self.worker = Worker(self.spec.node_id, self.rpc, self.rpc_client, self.dfs, self.redis.client(),
-                             self.gossip, self.spec.leader, self.spec.config.worker)
+                             self.gossip, self.spec.leader, self.spec.config.worker,
+                             local_read=self.hydfs.local_range)
         await self.worker.start()
 
     async def _restore_leader(self, leader: Leader) -> None:

@@ -206,3 +206,26 @@ def test_ranges_after_a_takeover_that_cut_a_divergent_tail() -> None:
         assert s.read_bytes(F, 0, 1 << 20) == b"".join(e[4] for e in sim.log(node, F))
     assert read(sim, 0, 1 << 20) == (whole, len(whole))
     assert read(sim, 5, 7) == (whole[5:12], len(whole))
+
+
+def test_local_range_serves_an_in_sync_copy_in_process_and_nothing_unacknowledged() -> None:
+    """``NodeCore.local_range`` (a task reading a source file its node holds): the same rule as a
+    replica read, no message at all; a node that holds no trusted in-sync copy says None."""
+    sim = cluster(5)
+    make(sim, b"h;")
+    assert sim.wait("w", sim.client("w").append(F, b"body;", sim.now)).ok
+    sim.run_for(1.0)   # replicas hear of the commit with the next heartbeat
+    p, r1, r2 = owners(sim)
+    for node in (p, r1, r2):
+        core = sim.nodes[node].core
+        assert core is not None
+        assert core.local_range(F, 0, 100) == (b"h;body;", 7)
+        assert core.local_range(F, 3, 2) == (b"od", 7)
+    outsider = next(n for n in sim.nodes if n not in (p, r1, r2))
+    core = sim.nodes[outsider].core
+    assert core is not None and core.local_range(F, 0, 100) is None
+    # an append r1 holds but has not heard committed is not served by r1
+    sim.hooks.append(lambda src, dest, msg: not (dest == r1 and msg.get("t") == "append" and not msg["entries"]))
+    assert sim.wait("w", sim.client("w").append(F, b"tail;", sim.now)).ok
+    core = sim.nodes[r1].core
+    assert core is not None and core.local_range(F, 0, 100) == (b"h;body;", 7)
