@@ -1,4 +1,5 @@
-"""The asyncio edge of membership: one UDP socket driving a :class:`gossip.swim.Swim` core.
+"""The asyncio edge of membership: one UDP socket driving a :class:`gossip.swim.Swim` core, on a thread
+of its own.
 
 All protocol decisions live in the core; this file only moves authenticated frames and calls
 ``tick`` when the core's next deadline comes, so the real node runs exactly the simulated protocol.
@@ -7,9 +8,11 @@ All protocol decisions live in the core; this file only moves authenticated fram
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +39,15 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class GossipNode:
-    """Membership of one node; implements :class:`gossip.types.MembershipView`."""
+    """Membership of one node; implements :class:`gossip.types.MembershipView`.
+
+    The UDP endpoint and the core's timers run on a thread of their own with its own event loop, so a
+    probe is answered within milliseconds however busy the node's main loop is (a page of a source
+    being filtered, a large frame being checked): how fast a member answers must depend on whether it
+    is alive, not on its workload, or a loaded node is falsely suspected. The core is only touched
+    under ``_lock``; the node's loop reads views through :meth:`alive` / :meth:`members`, and
+    subscribers are called on the loop that called :meth:`start`.
+    """
 
     def __init__(self, node_id: str, addr: str, key: bytes, config: GossipConfig | None = None,
                  incarnation: int = 0, seed: int | None = None) -> None:
@@ -46,10 +57,14 @@ class GossipNode:
         self.config = config or GossipConfig()
         self.frame_stats = FrameStats()
         self.swim = Swim(node_id, addr, self.config, random.Random(seed), self.clock(), incarnation)
+        self._lock = threading.Lock()
         self._subs: list[Subscriber] = []
         self._transport: asyncio.DatagramTransport | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None    # the gossip thread's
+        self._main: asyncio.AbstractEventLoop | None = None    # the node's: subscribers run there
+        self._serving: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
         self._sleep_until = 0.0
 
     @staticmethod
@@ -58,10 +73,12 @@ class GossipNode:
 
     # -- MembershipView -------------------------------------------------------------------------
     def alive(self) -> list[MemberInfo]:
-        return self.swim.alive()
+        with self._lock:
+            return self.swim.alive()
 
     def members(self) -> list[MemberInfo]:
-        return self.swim.members(self.clock())
+        with self._lock:
+            return self.swim.members(self.clock())
 
     def subscribe(self, callback: object) -> None:
         assert callable(callback)
@@ -69,61 +86,110 @@ class GossipNode:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, join: list[str]) -> None:
-        host, port = split_addr(self.addr)
-        loop = asyncio.get_running_loop()
-        self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(host, port))
-        self.swim.join(join, self.clock())
-        self._task = asyncio.create_task(self._run())
+        """Bind the UDP endpoint on the gossip thread and start joining; a bind error is raised here."""
+        self._main = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._thread_main, args=(join, ready), daemon=True,
+                                        name=f"gossip-{self.node_id}")
+        self._thread.start()
+        await asyncio.wrap_future(ready)
 
     async def leave(self, linger: float = 0.5) -> None:
         """Tell others we leave, and keep answering a moment so the news spreads."""
-        self.swim.leave(self.clock())
-        self._wake.set()
+        with self._lock:
+            self.swim.leave(self.clock())
+        self._kick()
         await asyncio.sleep(linger)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        loop, task = self._loop, self._serving
+        if loop is not None and task is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):   # the loop ended meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+
+    # -- the gossip thread ------------------------------------------------------------------------
+    def _thread_main(self, join: list[str], ready: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            self._serving = loop.create_task(self._serve(join, ready))
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._transport is not None:
+                loop.run_until_complete(self._serving)
+            loop.run_until_complete(asyncio.sleep(0))   # let the closed socket's callbacks run
+        finally:
+            loop.close()
+
+    async def _serve(self, join: list[str], ready: concurrent.futures.Future[None]) -> None:
+        try:
+            host, port = split_addr(self.addr)
+            self._wake = asyncio.Event()
+            self._transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port))
+            with self._lock:
+                self.swim.join(join, self.clock())
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            await self._run()
+        finally:
             self._transport.close()
 
-    # -- I/O --------------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        """Wake the gossip thread's timer loop (from any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
     def _on_datagram(self, data: bytes, addr: tuple[Any, int]) -> None:
         try:
             msg = decode(self.key, data)
         except FrameError as exc:
             self.frame_stats[exc.reason] += 1
             return
-        self.swim.receive(f"{addr[0]}:{addr[1]}", msg, self.clock())
+        with self._lock:
+            self.swim.receive(f"{addr[0]}:{addr[1]}", msg, self.clock())
+            sooner = self.swim.next_deadline() < self._sleep_until
         self._flush()
-        if self.swim.next_deadline() < self._sleep_until:
+        if sooner and self._wake is not None:
             self._wake.set()  # the message scheduled something sooner than our timer
 
     def _flush(self) -> None:
-        if self._transport is None:
-            return
-        for dest, msg in self.swim.take_outgoing():
-            try:
-                self._transport.sendto(encode(self.key, msg), split_addr(dest))
-            except (OSError, ValueError):
-                self.frame_stats["send_error"] += 1
-        for ev in self.swim.take_events():
-            log.info("member %s", ev.kind, extra={"peer": ev.node_id, "incarnation": ev.incarnation})
-            for sub in self._subs:
+        with self._lock:
+            out = self.swim.take_outgoing()
+            events = self.swim.take_events()
+        if self._transport is not None:
+            for dest, msg in out:
                 try:
-                    sub(ev)
-                except Exception:
-                    log.exception("membership subscriber failed")
+                    self._transport.sendto(encode(self.key, msg), split_addr(dest))
+                except (OSError, ValueError):
+                    self.frame_stats["send_error"] += 1
+        for ev in events:
+            log.info("member %s", ev.kind, extra={"peer": ev.node_id, "incarnation": ev.incarnation})
+            if self._main is not None and not self._main.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    self._main.call_soon_threadsafe(self._notify, ev)
+
+    def _notify(self, ev: MemberEvent) -> None:
+        """On the node's loop: the subscribers hear of an event in the order it happened."""
+        for sub in self._subs:
+            try:
+                sub(ev)
+            except Exception:
+                log.exception("membership subscriber failed")
 
     async def _run(self) -> None:
+        assert self._wake is not None
         while True:
-            now = self.clock()
-            self.swim.tick(now)
+            with self._lock:
+                self.swim.tick(self.clock())
             self._flush()
-            delay = max(0.0, min(self.swim.next_deadline() - self.clock(), self.config.period))
+            with self._lock:
+                delay = max(0.0, min(self.swim.next_deadline() - self.clock(), self.config.period))
             self._sleep_until = self.clock() + delay
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
