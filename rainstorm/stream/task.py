@@ -282,6 +282,7 @@ class Task:
         self.pub = 0                                # highest log index whose lines are published
         self._main = "idle"                         # idle | reading
         self._inflight: deque[_Commit] = deque()
+        self._backlog = True                        # the last read was full: more is waiting (pipeline)
         self._apply_q: deque[Applied] = deque()
         self._apply_op: int | None = None
         self._pub_q: deque[_Pub] = deque()
@@ -398,10 +399,13 @@ class Task:
         if len(chunk.lines) > limit:
             chunk, eof = chunk.cut(limit), False
         self._main = "idle"
+        n = len(chunk.lines)
+        # a whole file is all there; a followed one has more waiting if this read was full
+        self._backlog = not self.cfg.follow or n >= self.cfg.batch_lines or \
+            chunk.next - chunk.base >= self.cfg.batch_bytes // 2
         if not chunk.lines and not eof:
             self._read_pos = max(self._read_pos, chunk.next)   # skipped bytes without lines of ours
             return   # nothing yet: try again on a later tick
-        n = len(chunk.lines)
         if n:
             self._line_bytes = 0.8 * self._line_bytes + 0.2 * ((chunk.next - chunk.base) / n)
         arrivals = None
@@ -417,6 +421,7 @@ class Task:
     def on_inbox_read(self, op: int, entries: list[InboxEntry]) -> None:
         if self._done(op) != "inbox":
             return
+        self._backlog = len(entries) >= self.cfg.batch_entries
         if not entries:
             self._main = "idle"
             return
@@ -580,6 +585,12 @@ class Task:
         """Start reading the next batch if a commit slot is free (this overlaps the commits in flight)."""
         self.wake_at = math.inf   # set again below only while a paced batch waits to fill
         if self.phase is not Phase.RUNNING or self._main != "idle" or self._blocked():
+            return
+        if self.is_source and self.cfg.rate:
+            self._backlog = self._available() >= self.cfg.batch_lines
+        if self._inflight and not self._backlog:
+            # lines or entries trickle in: one commit at a time, and the next batch grows while it
+            # replicates (commits per second adapt to their cost); a backlog pipelines up to `inflight`
             return
         if self.is_source:
             if self._eof_taken:
