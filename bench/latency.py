@@ -102,7 +102,7 @@ def main() -> int:
     ap.add_argument("--linger", type=float, default=None, help="[worker] linger (s) for the cluster")
     a = ap.parse_args()
     rates = [float(r) for r in a.rates.split(",")]
-    data = generate(int(max(rates) * a.seconds) + 1)
+    sources = {r: generate(int(r * a.seconds)) for r in rates}   # each paced run lasts ``seconds``
     cluster = Cluster(a.nodes, offset=7)
     if a.linger is not None:
         toml = cluster.dir / "rainstorm.toml"
@@ -110,10 +110,12 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     try:
         cluster.up()
-        cluster.upload(data, "access")
+        for r, data in sources.items():
+            cluster.upload(data, f"access-{int(r)}")
+        time.sleep(3)   # replicas vouch for new files `settle` s after joining
         floor = floor_appends(cluster, 4096)
         for r in rates:
-            results.append(one_rate(cluster, "access", r, a.seconds, f"{int(r)}"))
+            results.append(one_rate(cluster, f"access-{int(r)}", r, a.seconds, f"{int(r)}"))
     except BenchError as exc:
         console.print(f"[red]{exc}[/red]")
         cluster.keep_logs(OUT / "failed-logs")

@@ -187,6 +187,7 @@ class Leader:
                               "epoch": x.epoch, "restarts": x.restarts, "done": t in j.done,
                               "processed": st.get("processed", 0), "emitted": st.get("emitted", 0),
                               "pending": st.get("pending", 0), "deadletters": st.get("deadletters", 0),
+                              "commits": st.get("commits", 0),
                               # of the instance that last reported: recovery and latency benchmarks
                               "reported_epoch": st.get("epoch"), "started_at": st.get("started_at"),
                               "first_commit_at": st.get("first_commit_at"), "latency": st.get("latency", {})})
