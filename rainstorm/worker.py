@@ -323,7 +323,7 @@ class Worker:
                                                 client=eff.client, seq=eff.seq, after=eff.after)
             elif isinstance(eff, Publish):
                 result = await self.logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch,
-                                                client=eff.client, seq=eff.seq)
+                                                client=eff.client, seq=eff.seq, after=eff.after)
             elif isinstance(eff, ReadLog):
                 result = await self.logs.entries(eff.name)
             elif isinstance(eff, OpenInbox):

@@ -108,13 +108,15 @@ def node_procs(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 async def _up(rpc: RpcClient, addrs: dict[str, str]) -> None:
-    for addr in addrs.values():
-        for _ in range(300):
+    for nid, addr in addrs.items():
+        for _ in range(600):
             try:
                 await rpc.call(addr, "node.members", timeout=1.0)
                 break
             except Unreachable:
                 await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"node process {nid} never answered")
 
 
 def same_primary(ids: list[str], count: int, prefix: str = "f") -> list[str]:

@@ -166,7 +166,8 @@ class ReadSource:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Append logged lines to the destination or dead-letter file (a LogStore append)."""
+    """Append logged lines to the destination or dead-letter file (a LogStore append); ``after``: the
+    destination lines of the task's previous commit with any, so they land in commit order."""
 
     op: int
     name: str
@@ -175,6 +176,7 @@ class Publish:
     epoch: int
     client: str
     seq: int
+    after: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +290,8 @@ class Task:
         self._pub_q: deque[_Pub] = deque()
         self._pubs: dict[int, _Pub] = {}            # publish op -> its commit's lines
         self._arrivals: dict[int, tuple[float, float, int]] = {}   # log index -> arrivals, until published
+        self._sink_at: list[int] = []               # rebuild: log indexes of the commits with sink lines
+        self._out_prev = 0                          # the last commit whose sink lines were sent to publish
         self._ops: dict[int, tuple[str, int]] = {}  # op id -> (kind, detail)
         self._next_op = 0
         self._log_seq = 0
@@ -538,6 +542,10 @@ class Task:
             self._die(f"own fence (epoch {self.epoch}) missing from the log read")
             return
         self._pub_q = deque(x for x in self._pub_q if x.index > self.pub)
+        # destination lines land in commit order (a key's running values never go back): the first
+        # publish follows the last commit with sink lines that is known published
+        self._out_prev = max((i for i in self._sink_at if i <= self.pub), default=0)
+        self._sink_at = []
         self._taken, self._ended_taken = list(self.committed), list(self.ended)
         self._seq_taken = [ch.last for ch in self.out]
         self._read_pos, self._eof_taken = self.next_pos, self.eof
@@ -564,6 +572,8 @@ class Task:
                 for g, v in changes:
                     st[g] = v
             self.pub = max(self.pub, rec.pub)
+        if rec.sink and not live:
+            self._sink_at.append(index)
         if (rec.sink or rec.dead) and index > self.pub:
             self._pub_q.append(_Pub(index, rec.sink, rec.dead, set(), arrivals=self._arrivals.pop(index, None)))
         self.applied = index
@@ -691,7 +701,11 @@ class Task:
                     op = self._op("publish")
                     item.ops.add(op)
                     self._pubs[op] = item
-                    self._emit(Publish(op, name, data, self.name, self.epoch, f"{self.name}:{kind}", item.index))
+                    after = 0
+                    if kind == "out":   # sink lines in commit order; dead letters in any order
+                        after, self._out_prev = self._out_prev, item.index
+                    self._emit(Publish(op, name, data, self.name, self.epoch, f"{self.name}:{kind}", item.index,
+                                       after))
 
     # ------------------------------------------------------------------ channels
 
@@ -777,7 +791,8 @@ def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader
             return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq,
                                after=eff.after)
         if isinstance(eff, Publish):
-            return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq)
+            return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq,
+                               after=eff.after)
         if isinstance(eff, ReadLog):
             return logs.entries(eff.name)
         if isinstance(eff, OpenInbox):
