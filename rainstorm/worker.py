@@ -107,6 +107,8 @@ class Worker:
         self.instances: dict[tuple[str, TaskRef], Instance] = {}
         self.plans: dict[str, tuple[Plan, TaskConfig]] = {}
         self.table: dict[str, Any] = {"version": -1, "jobs": {}}
+        self._loading: set[str] = set()
+        self._bg: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         rpc.register("stream.msgs", self._on_msgs)
 
@@ -185,6 +187,25 @@ class Worker:
         for key, epoch in want.items():
             if key not in self.instances:
                 await self._launch(key[0], key[1], epoch)
+        running = {job for job, j in self.table["jobs"].items() if j["state"] == "running"}
+        for job in [j for j in self.plans if j not in running and all(i.job != j for i in self.instances.values())]:
+            del self.plans[job]   # an ended job's plan (its operators, their state) is not kept
+        for job in running:
+            if job not in self.plans and job not in self._loading:
+                # every node loads every running job's plan ahead: a task moved here after a failure
+                # starts without a HyDFS read whose primary may be the node that just died
+                self._loading.add(job)
+                t = asyncio.create_task(self._preload(job))
+                self._bg.add(t)
+                t.add_done_callback(self._bg.discard)
+
+    async def _preload(self, job: str) -> None:
+        try:
+            await self._plan(job)
+        except (HydfsError, JobError) as exc:
+            log.debug("plan not loaded ahead: %s", exc)   # _launch reports it if a task needs it
+        finally:
+            self._loading.discard(job)
 
     async def _plan(self, job: str) -> tuple[Plan, TaskConfig]:
         if job not in self.plans:

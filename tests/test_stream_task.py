@@ -181,6 +181,12 @@ def receiver() -> tuple[Driver, Task]:
     d.step(r)   # read log
     d.step(r)   # open inbox
     assert r.phase is Phase.RUNNING
+    # a new instance tells its producers its marks at once (they need not wait to resend)
+    effects = r.take_effects()
+    assert [e.msg for e in effects if isinstance(e, Send)] == [Answer((1, 0), (0, 0), 4, 0, 0)]
+    for e in effects:
+        if not isinstance(e, Send):
+            complete(r, e, execute(e, d.logs, d.inbox, d.source))   # its first (empty) inbox read
     return d, r
 
 

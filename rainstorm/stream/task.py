@@ -388,6 +388,8 @@ class Task:
             self.accepted[c] = max(accepted.get(c, 0), self.committed[c])
         self.phase = Phase.RUNNING
         self._t0 = self.now
+        for c in range(len(self.accepted)):
+            self._answer(c)   # a new instance: its producers go on at once, not at their next resend
         for ch in self.out:
             self._pump(ch)
         self._pump_publish()
