@@ -44,6 +44,9 @@ def test_lines_and_offsets() -> None:
     lines, sizes = split_lines(b"x\nyy\n", 10)
     assert lines == ["x", "yy"] and sizes is None
     assert Lines(lines, 10).offsets() == [10, 12]
+    assert Lines(["a", "bb", "c", "dd"], 5).offsets_of([1, 3]) == [7, 12]
+    lines, sizes = split_lines("a\r\nbé\nc\n".encode(), 0)
+    assert Lines(lines, 0, sizes).offsets_of([1, 2]) == Lines(lines, 0, sizes).offsets()[1:]
     cut = Lines(["a", "bb", "c"], 5).cut(2)
     assert cut.lines == ["a", "bb"] and cut.offsets() == [5, 7] and cut.next == 10
 

@@ -185,7 +185,7 @@ class FilteredTransform(Operator):
         return self._project(stage, kept, dead)
 
     def run_lines(self, stage: int, src: str, lines: list[str], offsets: Callable[[], list[int]],
-                  dead: list[DeadLetter]) -> list[Tup]:
+                  offsets_of: Callable[[list[int]], list[int]], dead: list[DeadLetter]) -> list[Tup]:
         """The source's hot path: the predicate runs over the lines from C (``map``), with no key when
         it never reads its key (:func:`reads_first_arg`), and ids are built for the kept lines only.
         If the predicate raises on any line, the batch is run tuple by tuple for its dead letters."""
@@ -198,8 +198,7 @@ class FilteredTransform(Operator):
             return self.run(stage, list(zip(ids, ids, lines, strict=True)), dead, {}, {})
         if not keep:
             return []
-        offs = offsets()
-        kept = [(tid, tid, lines[i]) for i in keep for tid in (f"{src}:{offs[i]}",)]
+        kept = [(tid, tid, lines[i]) for i, o in zip(keep, offsets_of(keep), strict=True) for tid in (f"{src}:{o}",)]
         return self._project(stage, kept, dead)
 
     def _project(self, stage: int, kept: list[Tup], dead: list[DeadLetter]) -> list[Tup]:

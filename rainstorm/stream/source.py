@@ -123,6 +123,17 @@ class Lines:
         # line i starts at base + (lengths before it) + i newlines: all in C, no per-line Python
         return list(map(add, accumulate(map(len, self.lines[:-1]), initial=self.base), count()))
 
+    def offsets_of(self, idx: list[int]) -> list[int]:
+        """The byte offsets of lines ``idx`` (ascending) only: a filter keeping 3 % of a page pays for
+        those, the lengths in between summed in C, instead of an offset object for every line."""
+        out: list[int] = []
+        pos, prev, lines, sizes = self.base, 0, self.lines, self.sizes
+        for i in idx:
+            pos += sum(sizes[prev:i]) if sizes is not None else sum(map(len, lines[prev:i])) + i - prev
+            out.append(pos)
+            prev = i
+        return out
+
     def cut(self, n: int) -> Lines:
         """The first ``n`` lines only (a paced source takes what its rate allows)."""
         if n >= len(self.lines):
