@@ -38,7 +38,7 @@ from typing import Any
 
 from hydfs.blockfile import BlockFile, fsync_dir, write_atomic
 from hydfs.entries import Entry, Runs, cut_runs, extend_runs
-from hydfs.storage import FileMeta, end_at, extend_ends, read_span
+from hydfs.storage import ByteRanges, FileMeta, end_at, extend_ends
 
 JOURNAL = "meta.journal"
 
@@ -64,7 +64,7 @@ class _File:
         self.cached: set[int] = set()  # indices of this file in the storage's tail cache
 
 
-class DiskStorage:
+class DiskStorage(ByteRanges):
     def __init__(self, root: Path, fsync_data: bool = True, tail_bytes: int = 16 << 20,
                  journal_reserve: int = 1 << 20) -> None:
         self.root = root
@@ -243,21 +243,9 @@ class DiskStorage:
         hi = len(f.ends) if stop is None else stop - 1
         return max(0, end_at(f.ends, hi) - end_at(f.ends, max(start, 1) - 1))
 
-    def data_end(self, name: str, index: int) -> int:
-        f = self._files.get(name)
-        return end_at(f.ends, index) if f else 0
-
-    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
-        f = self._files.get(name)
-        if not f:
-            return b""
-        tail, log = self._tail, f.log
-
-        def piece(k: int, start: int, n: int) -> bytes:
-            e = tail.get((name, k + 1))  # a fresh entry is still in memory: no read back
-            return e.data[start:start + n] if e is not None else log.read(k, start, n)
-
-        return read_span(f.ends, offset, length, piece)
+    def _piece(self, f: _File, k: int, start: int, n: int) -> bytes:
+        e = self._tail.get((f.name, k + 1))  # a fresh entry is still in memory: no read back
+        return e.data[start:start + n] if e is not None else f.log.read(k, start, n)
 
     def append(self, name: str, entries: Sequence[Entry]) -> None:
         f = self._file(name)

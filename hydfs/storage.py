@@ -143,6 +143,26 @@ def read_span(ends: list[int], offset: int, length: int, piece: Callable[[int, i
     return out[0] if len(out) == 1 else b"".join(out)
 
 
+class ByteRanges:
+    """``data_end`` / ``read_bytes`` over per-file prefix sums (``self._files[name].ends``), shared by
+    both storages; each says how to read n bytes of its entry k from byte ``start`` (``_piece``)."""
+
+    _files: dict[str, Any]
+
+    def data_end(self, name: str, index: int) -> int:
+        f = self._files.get(name)
+        return end_at(f.ends, index) if f else 0
+
+    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
+        f = self._files.get(name)
+        if not f:
+            return b""
+        return read_span(f.ends, offset, length, lambda k, start, n: self._piece(f, k, start, n))
+
+    def _piece(self, f: Any, k: int, start: int, n: int) -> bytes:
+        raise NotImplementedError
+
+
 @dataclass
 class _MemFile:
     meta: FileMeta | None = None
@@ -151,7 +171,7 @@ class _MemFile:
     ends: list[int] = field(default_factory=list)  # prefix sums of the entries' data sizes
 
 
-class MemoryStorage:
+class MemoryStorage(ByteRanges):
     """In-memory :class:`Storage`. In the simulator it outlives a node's crash, like a disk would."""
 
     def __init__(self) -> None:
@@ -209,16 +229,8 @@ class MemoryStorage:
         extend_ends(f.ends, [len(e.data) for e in entries])
         self.writes += 1
 
-    def data_end(self, name: str, index: int) -> int:
-        f = self._files.get(name)
-        return end_at(f.ends, index) if f else 0
-
-    def read_bytes(self, name: str, offset: int, length: int) -> bytes:
-        f = self._files.get(name)
-        if not f:
-            return b""
-        entries = f.entries
-        return read_span(f.ends, offset, length, lambda k, start, n: entries[k].data[start:start + n])
+    def _piece(self, f: _MemFile, k: int, start: int, n: int) -> bytes:
+        return f.entries[k].data[start:start + n]
 
     def truncate(self, name: str, keep: int) -> None:
         f = self._files.get(name)

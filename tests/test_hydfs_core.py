@@ -212,17 +212,23 @@ def test_preconditions_are_a_small_table() -> None:
 # ----------------------------------------------------------------- terms, truncation, visibility
 
 
-def test_term_raise_reconciles_and_truncates_a_divergent_suffix() -> None:
-    sim = cluster(3)
+def divergent_tail(sim: Sim, lost: tuple[bytes, bytes] = (b"lost1;", b"lost2;")) -> tuple[str, Any]:
+    """Entries "h;" and "acked;" acknowledged, then two appends by client c2 that reach nobody but the
+    primary: (primary, c2's client)."""
     make(sim, b"h;")
     append(sim, b"acked;")
     p = owners(sim)[0]
-    # the primary's next appends reach nobody: they are in its log only
     sim.hooks.append(lambda src, dest, msg: not (src == p and msg.get("t") == "append"))
     c = sim.client("c2")
-    c.append(F, b"lost1;", sim.now)
-    c.append(F, b"lost2;", sim.now)
+    for data in lost:
+        c.append(F, data, sim.now)
     sim.run_for(0.2)
+    return p, c
+
+
+def test_term_raise_reconciles_and_truncates_a_divergent_suffix() -> None:
+    sim = cluster(3)
+    p, c = divergent_tail(sim)
     assert [e[4] for e in sim.log(p, F)][-2:] == [b"lost1;", b"lost2;"]
     sim.crash(p)
     sim.hooks[:] = [lambda src, dest, msg: src != "c2"]  # hold c2's retries back for now
@@ -299,16 +305,22 @@ def test_a_restarted_replica_that_missed_appends_is_never_the_source() -> None:
     assert get(sim).data == b"h;0;1;2;during;"
 
 
-def test_unacknowledged_tail_is_never_read() -> None:
-    sim = cluster(3)
+def held_tail(sim: Sim) -> tuple[str, str, str, Any, int]:
+    """A file whose second entry r1 never gets, so it cannot be acknowledged (r1 is in the in-sync
+    set), while the primary holds it: (primary, r1, r2, the writer's client, its pending op)."""
     make(sim, b"h;")
     p, r1, r2 = owners(sim)
-    # r1 never gets the new entry, so it cannot be acknowledged (r1 is in the in-sync set)
     sim.hooks.append(lambda src, dest, msg: not (dest == r1 and msg.get("t") == "append"))
     c = sim.client("w")
     op = c.append(F, b"tail;", sim.now)
     sim.run_for(0.3)
     assert [e[4] for e in sim.log(p, F)] == [b"h;", b"tail;"]
+    return p, r1, r2, c, op
+
+
+def test_unacknowledged_tail_is_never_read() -> None:
+    sim = cluster(3)
+    _, _, r2, c, op = held_tail(sim)
     assert [e[4] for e in sim.log(r2, F)] == [b"h;", b"tail;"]
     assert op not in c.results
     assert get(sim).data == b"h;"                    # at the primary

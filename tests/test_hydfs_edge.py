@@ -18,27 +18,18 @@ from typing import Any
 import pytest
 
 from gossip.rpc import RpcClient, RpcServer, Unreachable
-from gossip.types import MemberInfo, State
 from gossip.wire import derive_key
 from hydfs.api import Client, HydfsError
 from hydfs.context import CoreConfig
 from hydfs.messages import reply
 from hydfs.ring import Ring
 from hydfs.server import HydfsServer, ServerConfig
+from tests.test_hydfs_server import _View
 
 KEY = derive_key("edge-test")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _View:
-    def __init__(self, members: dict[str, str]) -> None:
-        self.members = [MemberInfo(i, a, State.ALIVE, 0, 0.0) for i, a in members.items()]
-
-    def alive(self) -> list[MemberInfo]:
-        return list(self.members)
-
-    def subscribe(self, callback: object) -> None:
-        pass
 
 
 def _free_port() -> int:

@@ -17,7 +17,7 @@ from hydfs.disk import DiskStorage
 from hydfs.entries import Entry
 from hydfs.messages import parse
 from hydfs.storage import MemoryStorage, Storage
-from tests.test_hydfs_core import F, cluster, get, make, owners
+from tests.test_hydfs_core import F, cluster, divergent_tail, get, held_tail, make, owners
 
 sizes = st.lists(st.integers(0, 300), max_size=40)
 spans = st.lists(st.tuples(st.integers(0, 13000), st.integers(0, 5000)), min_size=1, max_size=20)
@@ -163,13 +163,7 @@ def test_a_replica_serves_committed_bytes_and_never_older_than_our_own_appends()
 
 def test_unacknowledged_bytes_are_never_read() -> None:
     sim = cluster(3)
-    make(sim, b"h;")
-    p, r1, r2 = owners(sim)
-    sim.hooks.append(lambda src, dest, msg: not (dest == r1 and msg.get("t") == "append"))
-    c = sim.client("w")
-    op = c.append(F, b"tail;", sim.now)
-    sim.run_for(0.3)
-    assert [e[4] for e in sim.log(p, F)] == [b"h;", b"tail;"]
+    _, _, r2, _, op = held_tail(sim)
     assert read(sim, 0, 100) == (b"h;", 2)
     assert read(sim, 0, 100, replica=r2) == (b"h;", 2)
     sim.hooks.clear()
@@ -181,14 +175,7 @@ def test_ranges_after_a_takeover_that_cut_a_divergent_tail() -> None:
     """The old primary holds two entries nobody acknowledged; a new primary takes over, appends, and
     the old one, back, cuts its tail and catches up: its prefix sums follow the cut and the refill."""
     sim = cluster(3)
-    make(sim, b"h;")
-    assert sim.wait("w", sim.client("w").append(F, b"acked;", sim.now)).ok
-    p = owners(sim)[0]
-    sim.hooks.append(lambda src, dest, msg: not (src == p and msg.get("t") == "append"))
-    c = sim.client("c2")
-    c.append(F, b"lost-one-long;", sim.now)
-    c.append(F, b"lost2;", sim.now)
-    sim.run_for(0.2)
+    p, c = divergent_tail(sim, (b"lost-one-long;", b"lost2;"))
     assert sim.nodes[p].storage.data_end(F, 10) == len(b"h;acked;lost-one-long;lost2;")
     sim.crash(p)
     sim.hooks[:] = [lambda src, dest, msg: src != "c2"]  # hold c2's retries back
