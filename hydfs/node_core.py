@@ -19,7 +19,7 @@ from typing import Any
 from hydfs import replica
 from hydfs.context import CoreConfig, FileVol
 from hydfs.messages import CLIENT_TYPES, IO_ERROR, NOT_FOUND, NOT_PRIMARY, NOT_READY, Msg, parse, reply
-from hydfs.primary import Leader, range_reply
+from hydfs.primary import Leader, committed_range, range_reply
 from hydfs.ring import Ring
 from hydfs.storage import Storage
 
@@ -257,37 +257,33 @@ class NodeCore:
     def local_range(self, name: str, offset: int, length: int) -> tuple[bytes, int] | None:
         """A ranged read of our own copy for a reader in this process (a task reading a source file this
         node holds): committed bytes ``[offset, offset + length)`` and the committed size, under the rule
-        of a replica read (a trusted in-sync member, up to what it knows is acknowledged), or None where
-        that rule refuses. The size may lag the primary's: a caller bounds what it asks for by a size the
-        primary gave it and reads the rest at the primary."""
-        meta = self.storage.meta(name)
+        of a replica read, or None where that rule refuses. The size may lag the primary's: a caller
+        bounds what it asks for by a size the primary gave it and reads the rest at the primary."""
         leader = self.leaders.get(name)
+        commit = leader.commit if leader is not None else self._vouched(name)
+        if isinstance(commit, str):
+            return None
+        return committed_range(self.storage, name, offset, length, commit, self.config.range_bytes)
+
+    def _vouched(self, name: str) -> int | str:
+        """How far our copy is known acknowledged (possibly stale, never beyond), or why a replica read
+        of it is refused: NOT_FOUND, or NOT_READY when we restarted, were cut off or are not caught up
+        (our copy may lack appends acknowledged without us; a trusted in-sync member holds every
+        acknowledged append, since acks wait for all of them)."""
+        meta = self.storage.meta(name)
         if meta is None or meta.created is None:
-            return None
-        if leader is not None:
-            commit = leader.commit
-        elif self.vol(name).trusted and self.node_id in meta.isr:
-            commit = min(self.vol(name).commit, self.storage.last(name)[0])
-        else:
-            return None
-        size = self.storage.data_end(name, commit)
-        off = min(offset, size)
-        return self.storage.read_bytes(name, off, min(length, size - off, self.config.range_bytes)), size
+            return NOT_FOUND
+        if not self.vol(name).trusted or self.node_id not in meta.isr:
+            return NOT_READY
+        return min(self.vol(name).commit, self.storage.last(name)[0])
 
     def _replica_get(self, src: str, m: Msg) -> None:
-        """Serve a read (entries or a byte range) from our copy, up to what we know is acknowledged
-        (possibly stale, never unacknowledged)."""
+        """Serve a read (entries or a byte range) from our copy, up to what we know is acknowledged."""
+        commit = self._vouched(m["f"])
+        if isinstance(commit, str):
+            self.send(src, reply(m["rid"], commit))
+            return
         name = m["f"]
-        meta = self.storage.meta(name)
-        if meta is None or meta.created is None:
-            self.send(src, reply(m["rid"], NOT_FOUND))
-            return
-        if not self.vol(name).trusted or self.node_id not in meta.isr:
-            # Restarted, cut off or not caught up: our copy may lack appends acknowledged without us.
-            # A trusted in-sync member holds every acknowledged append (acks wait for all of it).
-            self.send(src, reply(m["rid"], NOT_READY))
-            return
-        commit = min(self.vol(name).commit, self.storage.last(name)[0])
         if m["t"] == "c_read":
             self.send(src, range_reply(self.storage, name, m, commit, self.config.range_bytes))
             return

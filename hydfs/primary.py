@@ -39,13 +39,19 @@ PREPARE, FETCH, SYNC, ACTIVE = "prepare", "fetch", "sync", "active"
 WRITES = frozenset({"c_append", "c_create", "c_rm"})
 
 
-def range_reply(storage: Storage, name: str, m: Msg, commit: int, cap: int) -> Msg:
-    """The answer to a ranged read (``c_read``) from a copy whose entries 1..commit are acknowledged:
-    at most ``cap`` of the committed bytes from ``off`` on, the committed size and ``commit`` (by
-    which the client tells a copy staler than its own appends)."""
+def committed_range(storage: Storage, name: str, offset: int, length: int, commit: int,
+                    cap: int) -> tuple[bytes, int]:
+    """At most ``cap`` of the bytes ``[offset, offset + length)`` of a copy whose entries 1..commit are
+    acknowledged, and the size of those entries' data."""
     size = storage.data_end(name, commit)
-    off = min(m["off"], size)
-    data = storage.read_bytes(name, off, min(m["len"], size - off, cap))
+    off = min(offset, size)
+    return storage.read_bytes(name, off, min(length, size - off, cap)), size
+
+
+def range_reply(storage: Storage, name: str, m: Msg, commit: int, cap: int) -> Msg:
+    """The answer to a ranged read (``c_read``): the committed bytes asked for, the committed size and
+    ``commit`` (by which the client tells a copy staler than its own appends)."""
+    data, size = committed_range(storage, name, m["off"], m["len"], commit, cap)
     return reply(m["rid"], data=data, size=size, commit=commit)
 
 

@@ -133,16 +133,21 @@ class Worker:
     def _stats(self) -> dict[str, dict[str, dict[str, Any]]]:
         out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         for inst in self.instances.values():
-            t = inst.task
-            first = t.first_commit_at
-            out[inst.job][t.name] = {
-                "processed": t.stats.get("in_tuples", 0), "emitted": t.stats.get("out_tuples", 0),
-                "pending": sum(len(ch.batches) for ch in t.out), "deadletters": t.stats.get("dead_letters", 0),
-                "commits": t.stats.get("commits", 0), "phase": t.phase.value, "epoch": inst.epoch,
-                "started_at": t.started_at + inst.clock,
-                "first_commit_at": None if first is None else first + inst.clock,
-                "latency": t.latency.to_wire()}
+            out[inst.job][inst.task.name] = self._task_stats(inst)
         return out
+
+    @staticmethod
+    def _task_stats(inst: Instance) -> dict[str, Any]:
+        """One instance's counters for `rainstorm status` (task times as wall-clock seconds)."""
+        t = inst.task
+        first = t.first_commit_at
+        return {
+            "processed": t.stats.get("in_tuples", 0), "emitted": t.stats.get("out_tuples", 0),
+            "pending": sum(len(ch.batches) for ch in t.out), "deadletters": t.stats.get("dead_letters", 0),
+            "commits": t.stats.get("commits", 0), "phase": t.phase.value, "epoch": inst.epoch,
+            "started_at": t.started_at + inst.clock,
+            "first_commit_at": None if first is None else first + inst.clock,
+            "latency": t.latency.to_wire()}
 
     async def _poll_loop(self) -> None:
         greeted = False
@@ -253,9 +258,7 @@ class Worker:
     def _stop(self, inst: Instance) -> None:
         self.instances.pop((inst.job, inst.ref), None)
         if inst.runner is not None:
-            inst.runner.cancel()
-        if inst.reader is not None:
-            inst.reader.close()
+            inst.runner.cancel()   # its finally closes the reader
         log.info("task stopped", extra={"task": inst.task.name, "epoch": inst.epoch})
 
     async def _forget(self, inst: Instance) -> None:
@@ -287,8 +290,7 @@ class Worker:
                 self._dispatch(inst, t.take_effects(), inflight)
                 if t.done and not inst.reported:
                     inst.reported = True
-                    await self._report(inst.job, t.name, inst.epoch, "done",
-                                       stats=self._stats().get(inst.job, {}).get(t.name))
+                    await self._report(inst.job, t.name, inst.epoch, "done", stats=self._task_stats(inst))
                     log.info("task finished", extra={"task": t.name, "epoch": inst.epoch})
                 if not t.alive:
                     lost = "inbox lost" in t.why
@@ -296,8 +298,6 @@ class Worker:
                     if lost:  # Redis restarted without its data: the leader starts the next epoch
                         await self._report(inst.job, t.name, inst.epoch, "lost", t.why)
                     self.instances.pop((inst.job, inst.ref), None)
-                    if inst.reader is not None:
-                        inst.reader.close()
                     return
                 inst.wake.clear()
                 wait = min(self.cfg.tick, t.wake_at - time.monotonic())
@@ -310,6 +310,8 @@ class Worker:
         finally:
             for f in inflight:
                 f.cancel()
+            if inst.reader is not None:
+                inst.reader.close()
 
     def _dispatch(self, inst: Instance, effects: list[Effect], inflight: set[asyncio.Task[None]]) -> None:
         sends: dict[str, list[Any]] = defaultdict(list)
@@ -339,10 +341,7 @@ class Worker:
     async def _perform(self, inst: Instance, eff: Effect) -> None:
         result: Any
         try:
-            if isinstance(eff, AppendLog):
-                result = await self.logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch,
-                                                client=eff.client, seq=eff.seq, after=eff.after)
-            elif isinstance(eff, Publish):
+            if isinstance(eff, AppendLog | Publish):
                 result = await self.logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch,
                                                 client=eff.client, seq=eff.seq, after=eff.after)
             elif isinstance(eff, ReadLog):

@@ -16,11 +16,15 @@ Life of an instance (task = physical stage s, partition p; the leader gives each
 3. OPENING: take the inbox at this epoch with the committed marks (accepted := max(accepted, committed)).
 4. RUNNING, three lanes:
    - main: read a batch (inbox entries or source lines) -> run the fused operators -> append ONE
-     commit record (the commit point) -> on success apply it in memory (marks, outputs into the
-     outbox with their sequence numbers) -> next batch. One commit in flight, so the log is in order.
+     commit record (the commit point) -> next batch. Up to ``inflight`` commits are appended before
+     the first is acknowledged; each carries ``after`` = the previous append's seq, so HyDFS orders
+     them as emitted, and acknowledgements are applied in memory (marks, outputs into the outbox with
+     their sequence numbers) in log order. What the next batch reads from (inbox marks, source
+     offset, output seqs) is what the commits in flight have taken, not what is acknowledged.
    - apply: the Redis cache step for each commit (applied index, state, outbox, XACK), in order.
    - publish: sink lines / dead letters of each commit to the destination / dead-letter file, keyed
-     (task, log index) for idempotency and conditional on the epoch; the next commit logs ``pub``.
+     (task, log index) for idempotency and conditional on the epoch, sink lines in commit order
+     (``after``); the next commit logs ``pub``, the index below which all are done.
    Deliveries of committed batches flow as receivers answer; every delivery is answered with
    (epoch, accepted, committed).
 
@@ -289,7 +293,6 @@ class Task:
         self._apply_op: int | None = None
         self._pub_q: deque[_Pub] = deque()
         self._pubs: dict[int, _Pub] = {}            # publish op -> its commit's lines
-        self._arrivals: dict[int, tuple[float, float, int]] = {}   # log index -> arrivals, until published
         self._sink_at: list[int] = []               # rebuild: log indexes of the commits with sink lines
         self._out_prev = 0                          # the last commit whose sink lines were sent to publish
         self._ops: dict[int, tuple[str, int]] = {}  # op id -> (kind, detail)
@@ -553,7 +556,8 @@ class Task:
         self._read_pos, self._eof_taken = self.next_pos, self.eof
         self.stats["rebuilt_records"] = len(entries)
 
-    def _apply_record(self, index: int, rec: CommitRecord, live: bool) -> None:
+    def _apply_record(self, index: int, rec: CommitRecord, live: bool,
+                      arrivals: tuple[float, float, int] | None = None) -> None:
         """What a committed record means for the in-memory task: the SAME code for the live commit and
         the replay, so a rebuilt instance is the instance that crashed."""
         for c, mark, end in rec.inputs:
@@ -577,7 +581,7 @@ class Task:
         if rec.sink and not live:
             self._sink_at.append(index)
         if (rec.sink or rec.dead) and index > self.pub:
-            self._pub_q.append(_Pub(index, rec.sink, rec.dead, set(), arrivals=self._arrivals.pop(index, None)))
+            self._pub_q.append(_Pub(index, rec.sink, rec.dead, set(), arrivals=arrivals))
         self.applied = index
 
     # ------------------------------------------------------------------ main lane
@@ -661,10 +665,7 @@ class Task:
         rec, index = c.rec, c.index
         if self.first_commit_at is None:
             self.first_commit_at = self.now
-        if c.arrivals is not None:
-            self._arrivals[index] = c.arrivals
-        self._apply_record(index, rec, live=True)
-        self._arrivals.pop(index, None)
+        self._apply_record(index, rec, live=True, arrivals=c.arrivals)
         self._apply_q.append(Applied(index, c.acks, rec.state, rec.outputs,
                                      {ch.part: ch.committed for ch in self.out}))
         self._pump_apply()
@@ -789,10 +790,7 @@ class Task:
 def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader) -> Any:
     """Perform one effect (not Send) on synchronous stores; the result, or the Fenced / NotOwner raised."""
     try:
-        if isinstance(eff, AppendLog):
-            return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq,
-                               after=eff.after)
-        if isinstance(eff, Publish):
+        if isinstance(eff, AppendLog | Publish):
             return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq,
                                after=eff.after)
         if isinstance(eff, ReadLog):
