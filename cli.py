@@ -493,8 +493,7 @@ def wait(name: str, timeout: Annotated[float, typer.Option("--timeout", help="Se
     import time
 
     start = time.monotonic()
-    _job(at, directory, name)   # an unknown job is one clear line
-    while True:   # long polls: the answer comes as soon as the job ends
+    while True:   # long polls: the answer comes as soon as the job ends (an unknown job: one clear line)
         left = timeout - (time.monotonic() - start) if timeout else 5.0
         if left <= 0:
             raise UserError(f"{name} still running after {timeout:g}s")

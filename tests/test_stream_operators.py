@@ -247,3 +247,44 @@ def test_partition_spreads_keys() -> None:
     for n in (2, 3, 5, 8):
         c = Counter(partition_of(f"user-{i}", n) for i in range(8000))
         assert min(c.values()) > 8000 / n * 0.85
+
+
+def test_reads_first_arg_is_false_only_when_the_key_is_provably_unused() -> None:
+    from rainstorm.stream.operators import reads_first_arg
+
+    def value_only(key: Any, value: Any) -> bool:
+        return ",500," in value
+
+    def uses_key(key: Any, value: Any) -> bool:
+        return key.endswith("0")
+
+    def closes_over_key(key: Any, value: Any) -> Any:
+        return (lambda: key)()
+
+    def peeks(key: Any, value: Any) -> Any:
+        return locals()["key"]
+
+    assert not reads_first_arg(value_only) and not reads_first_arg(lambda k, v: v)
+    assert all(reads_first_arg(f) for f in (uses_key, closes_over_key, peeks, print, lambda *a: a[0]))
+
+
+def test_the_source_fast_path_gives_a_keyed_predicate_the_real_key() -> None:
+    """A predicate that reads its key gets ``<src>:<offset>``; one that does not gets None; both keep
+    the same lines with the same ids and keys as the tuple-by-tuple path."""
+    from rainstorm.stream.source import Stripe, lines_file, read_lines
+
+    chunk = read_lines(lines_file(["a,1", "b,2", "c,3"]), Stripe(0, 1, 1 << 20), 0, 1 << 20, final=True)
+    seen: list[Any] = []
+
+    def keyed(key: Any, value: Any) -> bool:
+        seen.append(key)
+        return key != "f:4"
+
+    slow = FilteredTransform(keyed).run(0, chunk.tuples("f"), [], {}, {})
+    assert seen == ["f:0", "f:4", "f:8"]
+    seen.clear()
+    assert FilteredTransform(keyed).run_lines(0, "f", chunk, []) == slow == [
+        ("f:0/0.0", "f:0", "a,1"), ("f:8/0.0", "f:8", "c,3")]
+    assert seen == ["f:0", "f:4", "f:8"]
+    keyless = FilteredTransform(lambda k, v: v != "b,2")
+    assert keyless.run_lines(0, "f", chunk, []) == slow

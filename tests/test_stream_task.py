@@ -13,7 +13,7 @@ from rainstorm.stream.channels import Answer, Deliver, Query
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
 from rainstorm.stream.records import CommitRecord, FenceRecord, decode_record, encode_batch
 from rainstorm.stream.reference import run_reference
-from rainstorm.stream.source import Stripe, all_lines
+from rainstorm.stream.source import Stripe, all_lines, lines_file
 from rainstorm.stream.stores import (
     Applied,
     Fenced,
@@ -27,7 +27,7 @@ from rainstorm.stream.task import Accept, AppendLog, Effect, Phase, Publish, Sen
 
 CFG = TaskConfig(batch_lines=4, batch_entries=2, window=3, resend=0.1)
 LINES = [f"line {i}" + (" err" if i % 5 == 0 else "") for i in range(1, 31)]
-DATA = "".join(x + "\n" for x in LINES).encode()
+DATA = lines_file(LINES)
 OFFS = [o for o, _ in all_lines(DATA)]     # line i (from 0) starts at byte OFFS[i]: its id is f"in:{OFFS[i]}"
 
 
@@ -44,7 +44,7 @@ class Driver:
         self.plan = plan
         self.logs = MemoryLogStore()
         self.inbox = MemoryInboxStore()
-        self.source = MemorySource({plan.src: "".join(x + "\n" for x in lines).encode()})
+        self.source = MemorySource({plan.src: lines_file(lines)})
         self.tasks: dict[TaskRef, Task] = {}
         self.net: deque[Send] = deque()
         self.sent: list[Send] = []

@@ -88,10 +88,8 @@ class Chain:
         res = BatchResult()
         head = self.ops[0][1] if self.ops else None
         if isinstance(head, FilteredTransform):
-            kept = head.run_lines(self.ops[0][0], src, chunk.lines, chunk.offsets, chunk.offsets_of, res.dead)
-            return self._run(kept, self.ops[1:], res)
-        ids = [f"{src}:{o}" for o in chunk.offsets()]
-        return self._run(list(zip(ids, ids, chunk.lines, strict=True)), self.ops, res)
+            return self._run(head.run_lines(self.ops[0][0], src, chunk, res.dead), self.ops[1:], res)
+        return self._run(chunk.tuples(src), self.ops, res)
 
     def _run(self, tuples: list[Any], ops: list[tuple[int, Operator]], res: BatchResult) -> BatchResult:
         dead = res.dead

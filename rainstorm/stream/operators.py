@@ -22,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from rainstorm.stream.source import Lines
+
 Tup = tuple[str, Any, Any]                 # (id, key, value)
 DeadLetter = tuple[str, int, Any, Any, str]  # (tuple id, stage, key, value, one-line error)
 
@@ -184,22 +186,18 @@ class FilteredTransform(Operator):
                 dead.append((t[0], stage, t[1], t[2], error_line(exc)))
         return self._project(stage, kept, dead)
 
-    def run_lines(self, stage: int, src: str, lines: list[str], offsets: Callable[[], list[int]],
-                  offsets_of: Callable[[list[int]], list[int]], dead: list[DeadLetter]) -> list[Tup]:
+    def run_lines(self, stage: int, src: str, chunk: Lines, dead: list[DeadLetter]) -> list[Tup]:
         """The source's hot path: the predicate runs over the lines from C (``map``), with no key when
         it never reads its key (:func:`reads_first_arg`), and ids are built for the kept lines only.
         If the predicate raises on any line, the batch is run tuple by tuple for its dead letters."""
-        pred, n = self.predicate, len(lines)
+        pred, lines = self.predicate, chunk.lines
         try:
-            keys: Any = repeat(None, n) if self._keyless else [f"{src}:{o}" for o in offsets()]
-            keep = list(compress(range(n), map(pred, keys, lines)))
+            keys: Any = repeat(None, len(lines)) if self._keyless else chunk.ids(src)
+            keep = list(compress(range(len(lines)), map(pred, keys, lines)))
         except Exception:
-            ids = [f"{src}:{o}" for o in offsets()]
-            return self.run(stage, list(zip(ids, ids, lines, strict=True)), dead, {}, {})
-        if not keep:
-            return []
-        kept = [(tid, tid, lines[i]) for i, o in zip(keep, offsets_of(keep), strict=True) for tid in (f"{src}:{o}",)]
-        return self._project(stage, kept, dead)
+            return self.run(stage, chunk.tuples(src), dead, {}, {})
+        ids = [f"{src}:{o}" for o in chunk.offsets_of(keep)]
+        return self._project(stage, [(tid, tid, lines[i]) for i, tid in zip(keep, ids, strict=True)], dead)
 
     def _project(self, stage: int, kept: list[Tup], dead: list[DeadLetter]) -> list[Tup]:
         """The kept tuples with their derived ids, through ``fn`` if there is one."""

@@ -13,14 +13,14 @@ from typing import Any
 
 from rainstorm.stream.chain import dead_lines, sink_lines
 from rainstorm.stream.operators import DeadLetter, Operator
-from rainstorm.stream.source import all_lines
+from rainstorm.stream.source import all_lines, lines_file
 
 
 def run_reference(stages: Sequence[Operator], src: str,
                   lines: Sequence[str] | bytes) -> tuple[list[bytes], list[bytes]]:
     """(destination lines, dead-letter lines), each line without its newline. ``lines``: the source
     file's bytes, or its lines (a file of those lines, each ending with a newline)."""
-    data = lines if isinstance(lines, bytes) else "".join(x + "\n" for x in lines).encode()
+    data = lines if isinstance(lines, bytes) else lines_file(lines)
     tuples: list[Any] = [(f"{src}:{o}", f"{src}:{o}", line) for o, line in all_lines(data)]
     dead: list[DeadLetter] = []
     for i, op in enumerate(stages):

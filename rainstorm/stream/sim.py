@@ -35,6 +35,7 @@ from typing import Any
 from rainstorm.stream.operators import Operator
 from rainstorm.stream.plan import TaskRef, build_plan
 from rainstorm.stream.records import CommitRecord, FenceRecord, decode_record
+from rainstorm.stream.source import lines_file
 from rainstorm.stream.stores import MemoryInboxStore, MemoryLogStore, MemorySource, OutOfOrder
 from rainstorm.stream.task import (
     Accept,
@@ -154,7 +155,7 @@ class JobSim:
         self.detect, self.tick_every = detect, tick
         self.logs = logs or MemoryLogStore()
         self.redis = [MemoryInboxStore() for _ in range(nodes)]
-        self.source = MemorySource({src: "".join(x + "\n" for x in lines).encode()})
+        self.source = MemorySource({src: lines_file(lines)})
         self.refs: list[TaskRef] = self.plan.tasks()
         self.epoch: dict[TaskRef, int] = dict.fromkeys(self.refs, 0)
         self.current: dict[TaskRef, Inst | None] = dict.fromkeys(self.refs)

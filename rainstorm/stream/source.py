@@ -17,6 +17,7 @@ file, the worker's ranged reader (``rainstorm/source_reader.py``) a window it fe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate, count
 from operator import add
@@ -123,6 +124,15 @@ class Lines:
         # line i starts at base + (lengths before it) + i newlines: all in C, no per-line Python
         return list(map(add, accumulate(map(len, self.lines[:-1]), initial=self.base), count()))
 
+    def ids(self, src: str) -> list[str]:
+        """Every line's id (and key): ``<src>:<byte offset>``."""
+        return [f"{src}:{o}" for o in self.offsets()]
+
+    def tuples(self, src: str) -> list[tuple[str, str, str]]:
+        """Every line as a source tuple ``(id, key = id, line)``."""
+        ids = self.ids(src)
+        return list(zip(ids, ids, self.lines, strict=True))
+
     def offsets_of(self, idx: list[int]) -> list[int]:
         """The byte offsets of lines ``idx`` (ascending) only: a filter keeping 3 % of a page pays for
         those, the lengths in between summed in C, instead of an offset object for every line."""
@@ -169,6 +179,11 @@ def read_lines(data: bytes, stripe: Stripe, pos: int, max_bytes: int, final: boo
     assert s.need is None
     lines, sizes = split_lines(data[s.lo:s.hi], s.lo)
     return Lines(lines, s.lo, sizes, s.next, s.eof)
+
+
+def lines_file(lines: Iterable[str]) -> bytes:
+    """A file holding ``lines``, each ending with a newline (how tests and the simulator make sources)."""
+    return "".join(x + "\n" for x in lines).encode()
 
 
 def all_lines(data: bytes) -> list[tuple[int, str]]:
