@@ -115,7 +115,7 @@ def node_start(
     config: ConfigOpt = None,
 ) -> None:
     """Run a node: gossip member, RPC server and its own redis-server, until SIGTERM (graceful leave)."""
-    from gossip.rpc import split_addr
+    from net.rpc import split_addr
     from rainstorm import logs
     from rainstorm.node import Node, NodeSpec
 

@@ -50,12 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import hydfs_raw as raw
 from bench.common import machine, median, pct
 from bench.hydfs_report import KB, MB, human
-from gossip.rpc import RpcClient, RpcError, Unreachable
-from gossip.wire import derive_key
 from hydfs.api import Client, HydfsError
 from hydfs.cache import parse_size
 from hydfs.context import CoreConfig
 from hydfs.ring import Ring
+from net.rpc import RpcClient, RpcError, Unreachable
+from net.wire import derive_key
 from rainstorm import cluster as local
 from rainstorm.config import Config
 

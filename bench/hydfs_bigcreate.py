@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine
 from bench.hydfs import MB, Bench, StallMonitor, member_events, put_file
-from gossip.rpc import RpcClient
-from gossip.wire import derive_key
 from hydfs.api import HydfsError
+from net.rpc import RpcClient
+from net.wire import derive_key
 from rainstorm import cluster as local
 from rainstorm.config import Config
 

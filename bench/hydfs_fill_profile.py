@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.hydfs import pick_name, put_file
 from bench.hydfs_report import human
-from gossip.rpc import RpcClient
-from gossip.wire import derive_key
 from hydfs.api import Client
 from hydfs.cache import parse_size
 from hydfs.context import CoreConfig
+from net.rpc import RpcClient
+from net.wire import derive_key
 from rainstorm import cluster as local
 from rainstorm.config import Config
 

@@ -31,13 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gossip.rpc import RpcClient, RpcServer
 from gossip.types import MemberEvent, MemberInfo, State
-from gossip.wire import derive_key
 from hydfs.api import Client
 from hydfs.cache import parse_size
 from hydfs.context import CoreConfig
 from hydfs.server import HydfsServer, ServerConfig
+from net.rpc import RpcClient, RpcServer
+from net.wire import derive_key
 
 
 class StaticView:
@@ -145,7 +145,7 @@ async def membership_async(files: int, fsync: str, top: int, root: Path) -> str:
         await asyncio.sleep(0.01)
         owners = {nid: srv.core for nid, srv, *_ in live}
         done = all(
-            (ld := owners[owners[ids[0]].primary_of(n)].leaders.get(n)) is not None and ld.open
+            (ld := owners[owners[ids[0]].primary_of(n)].primaries.get(n)) is not None and ld.open
             and len(ld.isr) == 3 and victim not in ld.isr and ld.pending is None for n in lost)
         if done:
             break

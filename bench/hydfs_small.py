@@ -10,7 +10,7 @@ Twice: (a) idle; (b) while a job (``FilteredTransform(lambda k, v: ",500," in v)
 stage) reads a ``--csv-mb`` CSV from HyDFS on the same cluster; such a job takes about as long as
 its submission, so the next is submitted as soon as the last submission returned.
 
-Baseline, in the same run and the same phase: sequential RPCs through ``gossip.rpc`` with the same
+Baseline, in the same run and the same phase: sequential RPCs through ``net.rpc`` with the same
 payload to a handler in another process on 127.0.0.1 that answers at once (``rpc``: a small answer,
 the shape of an append; ``echo``: the payload back). Each append p99 is shown as a ratio to the
 ``rpc`` p99 of its phase. Goal checked: 4 KB append p99 at most 5 ms idle.
@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine, median, pct
 from bench.hydfs import NODES, cpu_seconds, say
 from bench.hydfs_report import KB, human
-from gossip.rpc import RpcClient, RpcServer
-from gossip.wire import derive_key
 from hydfs.api import Client
 from hydfs.context import CoreConfig
 from hydfs.ring import Ring
+from net.rpc import RpcClient, RpcServer
+from net.wire import derive_key
 from rainstorm import cluster as local
 from rainstorm.config import Config
 
@@ -386,7 +386,7 @@ def report(res: dict[str, Any], out: Path) -> None:
              "Sequential appends from one client to one file per size on a 5-node local cluster (each node its own "
              "process with its Redis, 3 replicas, `fsync = \"interval\"`): the wall time of each `Client.append`, "
              f"after {WARMUP} unmeasured ones, all files led by one primary per phase. Raw RPC: the same payload "
-             "through `gossip.rpc` to a handler in another process that answers at once (`rpc`: a small answer, "
+             "through `net.rpc` to a handler in another process that answers at once (`rpc`: a small answer, "
              "the shape of an append; `echo`: the payload back), measured in the same phase. Ratio = append p99 / "
              "raw rpc p99. Cores busy: the CPU the cluster and the bench used during the series (ours) and what "
              "other processes on this shared machine used (others), in cores of the machine's 2. A series "

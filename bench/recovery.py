@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, median, pct  # noqa: E402
 from bench.streaming import JOBS, BenchError, Cluster, DataSet, child_env, console, generate, rainstorm_bin, say  # noqa: E402
-from gossip.rpc import RpcClient  # noqa: E402
-from gossip.wire import derive_key  # noqa: E402
+from net.rpc import RpcClient  # noqa: E402
+from net.wire import derive_key  # noqa: E402
 
 JOB_FILE = JOBS / "rainstorm_count.py"   # FilteredTransform(is_500, path), AggregateByKey(path, "count")
 LEADER = "node-1"

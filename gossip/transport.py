@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gossip.config import GossipConfig
-from gossip.rpc import split_addr
 from gossip.swim import Swim
 from gossip.types import MemberEvent, MemberInfo, State
-from gossip.wire import FrameError, FrameStats, decode, encode
+from net.rpc import split_addr
+from net.wire import FrameError, FrameStats, decode, encode
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[MemberEvent], None]

@@ -14,10 +14,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from gossip.rpc import RpcClient, RpcError, Unreachable
 from hydfs.cache import FileCache
 from hydfs.client import ClientCore, Result
 from hydfs.names import check_name
+from net.rpc import RpcClient, RpcError, Unreachable
 
 CHUNK = 1 << 20  # bytes per entry of a streamed upload: the replication batch size
 CLEANUP_TIMEOUT = 5.0  # how long a failed upload tries to remove what it wrote

@@ -19,7 +19,7 @@ from typing import Any
 from hydfs import replica
 from hydfs.context import CoreConfig, FileVol
 from hydfs.messages import CLIENT_TYPES, IO_ERROR, NOT_FOUND, NOT_PRIMARY, NOT_READY, Msg, parse, reply
-from hydfs.primary import Leader, committed_range, range_reply
+from hydfs.primary import FilePrimary, committed_range, range_reply
 from hydfs.ring import Ring
 from hydfs.storage import Storage
 
@@ -41,7 +41,7 @@ class NodeCore:
         self.view_epoch = 0
         self.now = 0.0
         self.vols: dict[str, FileVol] = {}
-        self.leaders: dict[str, Leader] = {}
+        self.primaries: dict[str, FilePrimary] = {}
         self.hints: dict[str, set[str]] = {}       # nodes that offered a file to us
         self.term_hint: dict[str, int] = {}        # highest term seen in a refusal
         self.retry_at: dict[str, float] = {}       # no takeover of the file before this time
@@ -81,11 +81,11 @@ class NodeCore:
             # before this start - and drop us from in-sync sets without telling us. So for a while
             # we neither lead nor let anyone make us a witness; after that, views include us.
             self.quiet_until = now + self.config.settle
-        for name in list(self.leaders):
+        for name in list(self.primaries):
             if self.primary_of(name) != self.node_id:
                 self._step_down(name, now)
             else:
-                self.leaders[name].on_view(self.candidates(name), now)
+                self.primaries[name].on_view(self.candidates(name), now)
                 self._reap(name, now)
         self._scan(now, force_offer=True)
 
@@ -101,13 +101,13 @@ class NodeCore:
         # until a primary tells us the current set again, and lead nothing meanwhile.
         for vol in self.vols.values():
             vol.trusted = False
-        for name in list(self.leaders):
+        for name in list(self.primaries):
             self._step_down(name, now)
 
     def tick(self, now: float) -> None:
         self.now = now
-        for name in list(self.leaders):
-            self.leaders[name].tick(now)
+        for name in list(self.primaries):
+            self.primaries[name].tick(now)
             self._reap(name, now)
         if now >= self._next_scan:
             self._scan(now)
@@ -189,7 +189,7 @@ class NodeCore:
 
     def _peer(self, src: str, m: Msg, now: float) -> None:
         t, name = m["t"], m["f"]
-        leader = self.leaders.get(name)
+        leader = self.primaries.get(name)
         if t in _TERMED and leader is not None and m["term"] > leader.term:
             self._step_down(name, now)
             leader = None
@@ -242,7 +242,7 @@ class NodeCore:
             self.send(src, reply(rid, files=files))
             return
         name = m["f"]
-        leader = self.leaders.get(name)
+        leader = self.primaries.get(name)
         if leader is None and t in ("c_get", "c_read") and m["replica_ok"]:
             self._replica_get(src, m)
             return
@@ -259,7 +259,7 @@ class NodeCore:
         node holds): committed bytes ``[offset, offset + length)`` and the committed size, under the rule
         of a replica read, or None where that rule refuses. The size may lag the primary's: a caller
         bounds what it asks for by a size the primary gave it and reads the rest at the primary."""
-        leader = self.leaders.get(name)
+        leader = self.primaries.get(name)
         commit = leader.commit if leader is not None else self._vouched(name)
         if isinstance(commit, str):
             return None
@@ -294,25 +294,25 @@ class NodeCore:
 
     # ----------------------------------------------------------------- leading and holding
 
-    def _lead(self, name: str, now: float) -> Leader | None:
+    def _lead(self, name: str, now: float) -> FilePrimary | None:
         if self.node_id not in self.alive or not self.settled():
             return None
-        leader = Leader(self, name, self.term_hint.get(name, 0))
-        self.leaders[name] = leader
+        leader = FilePrimary(self, name, self.term_hint.get(name, 0))
+        self.primaries[name] = leader
         self.stats["takeovers"] += 1
         leader.start(self.candidates(name), now)
         self._reap(name, now)
-        return self.leaders.get(name)
+        return self.primaries.get(name)
 
     def _reap(self, name: str, now: float) -> None:
-        leader = self.leaders.get(name)
+        leader = self.primaries.get(name)
         if leader is not None and leader.closed:
-            del self.leaders[name]
+            del self.primaries[name]
             self.term_hint[name] = max(self.term_hint.get(name, 0), leader.seen_term)
             self.retry_at[name] = now + self.config.backoff * (1 + self.rng.random())
 
     def _step_down(self, name: str, now: float) -> None:
-        leader = self.leaders.pop(name, None)
+        leader = self.primaries.pop(name, None)
         if leader is not None:
             leader.close()
             self.term_hint[name] = max(self.term_hint.get(name, 0), leader.seen_term)
@@ -325,7 +325,7 @@ class NodeCore:
         if self.node_id not in self.alive:
             return
         for name in self.storage.names():
-            if name in self.leaders:
+            if name in self.primaries:
                 continue
             meta = self.storage.meta(name)
             if meta is None or (meta.created is None and meta.deleted is None and meta.ver is None):
@@ -350,6 +350,6 @@ class NodeCore:
     def describe(self) -> dict[str, Any]:
         """A snapshot for `ls`/debugging: what we hold and what we lead."""
         return {"node": self.node_id, "alive": sorted(self.alive),
-                "leading": {n: ld.describe() for n, ld in self.leaders.items()},
+                "leading": {n: ld.describe() for n, ld in self.primaries.items()},
                 "files": {n: (self.storage.last(n), self.vols[n].commit if n in self.vols else 0)
                           for n in self.storage.names()}, "stats": dict(self.stats)}

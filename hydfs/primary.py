@@ -111,7 +111,7 @@ class Merge:
     sent: dict[str, float] = field(default_factory=dict)
 
 
-class Leader:
+class FilePrimary:
     """Primary state for one file in one term. ``closed`` once it has stepped down."""
 
     def __init__(self, host: Host, name: str, min_term: int) -> None:

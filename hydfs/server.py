@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gossip.rpc import RemoteError, RpcClient, RpcServer
 from gossip.types import MemberEvent, MembershipView
 from hydfs.context import CoreConfig
 from hydfs.disk import DiskStorage
 from hydfs.messages import IO_ERROR
 from hydfs.node_core import NodeCore
+from net.rpc import RemoteError, RpcClient, RpcServer
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gossip.rpc import RpcClient, Unreachable
+from net.rpc import RpcClient, Unreachable
 from rainstorm.config import Config
 from rainstorm.errors import UserError
 from rainstorm.locate import read_cluster, run_rpc, write_cluster

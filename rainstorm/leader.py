@@ -13,10 +13,10 @@ import json
 import logging
 from typing import Any
 
-from gossip.rpc import RemoteError, RpcServer
 from gossip.transport import GossipNode
 from gossip.types import MemberEvent
 from hydfs.api import Client, HydfsError
+from net.rpc import RemoteError, RpcServer
 from rainstorm.leader_core import LeaderCore, LeaderError
 
 log = logging.getLogger(__name__)

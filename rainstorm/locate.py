@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gossip.rpc import RpcClient, RpcError, Unreachable
-from gossip.wire import derive_key
+from net.rpc import RpcClient, RpcError, Unreachable
+from net.wire import derive_key
 from rainstorm.errors import UserError
 
 T = TypeVar("T")

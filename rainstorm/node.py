@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gossip.rpc import RpcClient, RpcServer, split_addr
 from gossip.transport import GossipNode, view_rows
-from gossip.wire import derive_key
 from hydfs.api import Client, HydfsError
 from hydfs.server import HydfsServer
+from net.rpc import RpcClient, RpcServer, split_addr
+from net.wire import derive_key
 from rainstorm.config import Config
 from rainstorm.leader import Leader
 from rainstorm.redis_proc import RedisSupervisor, redis_password

@@ -20,9 +20,9 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from gossip.rpc import RpcClient, RpcError, RpcServer, Unreachable
 from gossip.transport import GossipNode
 from hydfs.api import Client, HydfsError
+from net.rpc import RpcClient, RpcError, RpcServer, Unreachable
 from rainstorm.hydfs_log import HydfsLogStore
 from rainstorm.redis_inbox import RedisInboxStore, keys
 from rainstorm.source_reader import RangeReader

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossip.session import HELLO_LEN, Session, hello, parse_hello
-from gossip.wire import LENGTH, derive_key, encode
+from net.session import HELLO_LEN, Session, hello, parse_hello
+from net.wire import LENGTH, derive_key, encode
 from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.cluster

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gossip.rpc import RpcClient
-from gossip.wire import derive_key
 from hydfs.api import Client, HydfsError
+from net.rpc import RpcClient
+from net.wire import derive_key
 from rainstorm import cluster as local
 from tests.conftest import LocalCluster, wait_for
 

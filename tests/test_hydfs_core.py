@@ -164,7 +164,7 @@ def test_retry_after_failover_returns_the_original_index() -> None:
     old = owners(sim)[0]
     sim.hooks.append(lambda src, dest, msg: not (dest == "c1" and msg.get("t") == "reply"))
     sim.run_for(0.3)
-    assert primary(sim).leaders[F].commit == 2
+    assert primary(sim).primaries[F].commit == 2
     sim.crash(old)
     sim.run_for(1.0)
     sim.hooks.clear()
@@ -235,7 +235,7 @@ def test_term_raise_reconciles_and_truncates_a_divergent_suffix() -> None:
     sim.run_for(1.0)
     assert append(sim, b"new;", "c3").index == 3
     new_primary = primary(sim)
-    assert new_primary.leaders[F].term > 1
+    assert new_primary.primaries[F].term > 1
     sim.hooks.clear()
     sim.restart(p)
     sim.run_for(2.0)
@@ -410,7 +410,7 @@ def test_re_replication_after_a_failure_restores_three_replicas() -> None:
     after = owners(sim)
     assert len(after) == 3 and before[1] not in after
     assert logs_identical(sim, after) and len(sim.log(after[2], F)) == 21
-    lead = primary(sim).leaders[F]
+    lead = primary(sim).primaries[F]
     assert sorted(lead.isr) == sorted(after)
     assert append(sim, b"more;").index == 22
 
@@ -432,7 +432,7 @@ def test_join_copies_then_releases_old_owner_only_after_confirmation(k: int) -> 
 
     def watch(src: str, dest: str, msg: dict[str, Any]) -> bool:
         if msg.get("t") == "release" and dest == leaving[0]:
-            lead = sim.nodes[src].core.leaders[F]  # type: ignore[union-attr]
+            lead = sim.nodes[src].core.primaries[F]  # type: ignore[union-attr]
             released.append((sim.now, newcomer in lead.isr,
                              sim.log(newcomer, F) == sim.log(src, F)))
         return True
@@ -544,7 +544,7 @@ def test_a_full_disk_on_the_primary_is_one_clear_error_on_a_replica_it_leaves_th
     sim.nodes[r1].storage.append = full  # type: ignore[method-assign]
     r = append(sim, b"c;", cid="c2")
     assert r.ok and r.index == 4
-    lead = primary(sim).leaders[F]
+    lead = primary(sim).primaries[F]
     assert r1 not in lead.isr and len(lead.isr) == 2
     assert len(sim.log(r1, F)) == 3
     assert append(sim, b"d;", cid="c2").index == 5
@@ -554,7 +554,7 @@ def test_a_full_disk_on_the_primary_is_one_clear_error_on_a_replica_it_leaves_th
     assert core is not None and core.stats["io_error"] >= 10
     assert sim.stats["note.io_error"] - noted <= 2
     del sim.nodes[r1].storage.append  # space again: it is filled and rejoins
-    assert sim.run_until(lambda: r1 in primary(sim).leaders[F].isr, sim.now + 10)
+    assert sim.run_until(lambda: r1 in primary(sim).primaries[F].isr, sim.now + 10)
     assert logs_identical(sim, owners(sim))
     assert get(sim).data == b"h;a;b;c;d;"
 
@@ -570,10 +570,10 @@ def test_a_mute_replica_leaves_the_in_sync_set_after_lag_timeout() -> None:
     r = append(sim, b"a;")
     assert r.ok and r.index == 2
     assert sim.now - start >= sim.config.lag_timeout
-    assert r1 not in primary(sim).leaders[F].isr
+    assert r1 not in primary(sim).primaries[F].isr
     assert append(sim, b"b;").index == 3
     sim.hooks.clear()
-    assert sim.run_until(lambda: r1 in primary(sim).leaders[F].isr, sim.now + 10)
+    assert sim.run_until(lambda: r1 in primary(sim).primaries[F].isr, sim.now + 10)
     assert logs_identical(sim, owners(sim))
 
 
@@ -737,7 +737,7 @@ def test_a_rejoined_node_waits_until_stale_views_of_it_are_gone() -> None:
     p, b, c = owners(sim)
     sim.crash(c)
     sim.run_for(1.0)
-    assert sorted(primary(sim).leaders[F].isr) == sorted([p, b])
+    assert sorted(primary(sim).primaries[F].isr) == sorted([p, b])
     sim.lag[b] = 1.0
     sim.crash(p)
     sim.run_for(sim.detect + 0.1)   # everyone but b has seen p die
@@ -794,9 +794,9 @@ def test_declared_failed_drops_trust_and_leadership_for_a_while() -> None:
     sim = cluster(3)
     make(sim, b"h;")
     core = primary(sim)
-    assert F in core.leaders and core.vols[F].trusted
+    assert F in core.primaries and core.vols[F].trusted
     core.on_declared_failed(sim.now)
-    assert F not in core.leaders and not core.vols[F].trusted and not core.settled()
+    assert F not in core.primaries and not core.vols[F].trusted and not core.settled()
     sim.run_for(sim.config.settle + 2.0)
-    assert F in core.leaders and core.vols[F].trusted
+    assert F in core.primaries and core.vols[F].trusted
     assert append(sim, b"x;").index == 2

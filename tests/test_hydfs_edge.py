@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from gossip.rpc import RpcClient, RpcServer, Unreachable
-from gossip.wire import derive_key
 from hydfs.api import Client, HydfsError
 from hydfs.context import CoreConfig
 from hydfs.messages import reply
 from hydfs.ring import Ring
 from hydfs.server import HydfsServer, ServerConfig
+from net.rpc import RpcClient, RpcServer, Unreachable
+from net.wire import derive_key
 from tests.test_hydfs_server import _View
 
 KEY = derive_key("edge-test")

@@ -210,7 +210,7 @@ def describe(sim: Sim) -> str:
     out = []
     for n, node in sorted(sim.nodes.items()):
         meta = node.storage.meta(FILE)
-        leader = node.core.leaders.get(FILE) if node.core else None
+        leader = node.core.primaries.get(FILE) if node.core else None
         lead = leader.describe() if leader else None
         out.append(f"{n} up={node.up} last={node.storage.last(FILE)} meta={meta} lead={lead}")
     return "\n".join(out)

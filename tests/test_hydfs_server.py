@@ -5,11 +5,11 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from gossip.rpc import RpcClient, RpcServer
 from gossip.types import MemberInfo, State
-from gossip.wire import derive_key
 from hydfs.messages import IO_ERROR, reply
 from hydfs.server import HydfsServer
+from net.rpc import RpcClient, RpcServer
+from net.wire import derive_key
 
 
 class _View:

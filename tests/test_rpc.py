@@ -10,11 +10,11 @@ from typing import Any
 import msgpack
 import pytest
 
-import gossip.rpc as rpc
-import gossip.session as session
-from gossip.rpc import RemoteError, RpcClient, RpcError, RpcServer, Unreachable
-from gossip.session import HELLO_LEN, TAG_LEN, Session, hello, parse_hello
-from gossip.wire import LENGTH, MAX_FRAME, derive_key
+import net.rpc as rpc
+import net.session as session
+from net.rpc import RemoteError, RpcClient, RpcError, RpcServer, Unreachable
+from net.session import HELLO_LEN, TAG_LEN, Session, hello, parse_hello
+from net.wire import LENGTH, MAX_FRAME, derive_key
 
 KEY = derive_key("k")
 MB = 1024 * 1024

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossip.session import HELLO_LEN, NONCE_LEN, SMALL, TAG_LEN, FrameReader, Session, hello, parse_hello, session_keys
-from gossip.wire import LENGTH, MAC_LEN, MAX_FRAME, VERSION, FrameError, decode, derive_key, encode
+from net.session import HELLO_LEN, NONCE_LEN, SMALL, TAG_LEN, FrameReader, Session, hello, parse_hello, session_keys
+from net.wire import LENGTH, MAC_LEN, MAX_FRAME, VERSION, FrameError, decode, derive_key, encode
 
 KEY = derive_key("s3cret")
 
@@ -65,7 +65,7 @@ def test_mac_covers_version_and_body() -> None:
     assert len(frame) == 1 + MAC_LEN + len(frame[1 + MAC_LEN:])
 
 
-# -- the TCP framing (gossip.session): sans-IO, so every byte boundary can be exercised -------------
+# -- the TCP framing (net.session): sans-IO, so every byte boundary can be exercised -------------
 
 def _pair(key: bytes = KEY) -> tuple[Session, bytes, list[Any], FrameReader]:
     """A client session, its hello, and a server-side reader that collects what it accepts."""

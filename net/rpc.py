@@ -6,7 +6,7 @@ A request is ``{"i": id, "m": method, "a": args}``; the answer ``{"i": id, "r": 
 ``schema``) and end that connection only. A connection must deliver an authenticated frame within
 ``HELLO_TIMEOUT`` (a hello alone proves nothing), and a server holds at most ``MAX_CONNS``.
 
-The framing is :mod:`gossip.session`: both sides send a hello with a fresh nonce, derive one key
+The framing is :mod:`net.session`: both sides send a hello with a fresh nonce, derive one key
 per direction from the cluster key and both nonces, and tag every frame with AES-GMAC over the
 length prefix and body under a per-direction frame counter. A peer without the cluster key cannot
 produce one accepted frame, and a frame replayed from another connection, or dropped, duplicated or
@@ -15,7 +15,7 @@ reordered within one, fails its tag. Frames are not encrypted.
 Copies are kept out of the data path: a body is packed into a reused packer buffer and written in
 chunks only while the socket takes them, so asyncio's write buffer (which in 3.11 copies and
 re-copies as it drains) holds at most one partly sent chunk; a received frame lands directly in one
-buffer (:class:`gossip.session.FrameReader`) and is verified and unpacked in place. Flow control:
+buffer (:class:`net.session.FrameReader`) and is verified and unpacked in place. Flow control:
 a sender waits while more than one chunk is queued on the connection, and a server whose replies
 are not being read stops reading requests.
 """
@@ -32,8 +32,8 @@ from typing import Any
 
 import msgpack
 
-from gossip.session import RETAIN, SMALL, Buffer, BufferPool, FrameReader, Session, hello
-from gossip.wire import FrameError, FrameStats
+from net.session import RETAIN, SMALL, Buffer, BufferPool, FrameReader, Session, hello
+from net.wire import FrameError, FrameStats
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 log = logging.getLogger(__name__)

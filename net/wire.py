@@ -6,8 +6,8 @@ bits. A frame that fails any check raises :class:`FrameError` with a short reaso
 nothing from the network is trusted before :func:`decode` returns. Datagrams carry no replay protection
 of their own: a captured one sent again later still verifies, so gossip must treat it as an old duplicate.
 
-TCP (:mod:`gossip.rpc`) does not use these frames: it runs per-connection session keys and AES-GMAC
-tags, see :mod:`gossip.session`, and shares only :data:`LENGTH`, :data:`MAX_FRAME`,
+TCP (:mod:`net.rpc`) does not use these frames: it runs per-connection session keys and AES-GMAC
+tags, see :mod:`net.session`, and shares only :data:`LENGTH`, :data:`MAX_FRAME`,
 :class:`FrameError` and :class:`FrameStats` from here.
 """
 
@@ -24,7 +24,7 @@ import msgpack
 VERSION = 1
 MAC_LEN = 16
 HEADER_LEN = 1 + MAC_LEN
-LENGTH = struct.Struct(">I")  # the TCP frames' length prefix (gossip.session)
+LENGTH = struct.Struct(">I")  # the TCP frames' length prefix (net.session)
 MAX_FRAME = 256 * 1024 * 1024  # a frame larger than this is garbage, not a message
 
 

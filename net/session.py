@@ -1,4 +1,4 @@
-"""The TCP framing of :mod:`gossip.rpc`: per-connection session keys and AES-GMAC frame tags.
+"""The TCP framing of :mod:`net.rpc`: per-connection session keys and AES-GMAC frame tags.
 
 Handshake: each side sends ``MAGIC | nonce`` (16 random bytes) as soon as the connection is up, the
 client its ``nonce_c``, the server its ``nonce_s``. Both derive one 16-byte AES key per direction,
@@ -11,12 +11,12 @@ AES-GCM over an empty plaintext (that is, GMAC) under the sender's direction key
 body as associated data and the sender's frame counter (0, 1, 2, ... as a 96-bit big-endian number) as
 the GCM nonce. The receiver uses the counter it expects next, so a frame that was dropped, reordered,
 duplicated or taken from another connection fails like a forged one. GMAC runs at memory speed
-(AES-NI/CLMUL), about ten times the speed of the HMAC-SHA256 of the UDP frames in :mod:`gossip.wire`.
+(AES-NI/CLMUL), about ten times the speed of the HMAC-SHA256 of the UDP frames in :mod:`net.wire`.
 
 :class:`FrameReader` assembles frames from the byte stream without the copies of a StreamReader:
 small frames are verified and unpacked in place in one scratch buffer, a large frame is received
 directly into one buffer that holds it whole (the last such buffer is reused), then verified and
-unpacked from there. Everything here is sans-IO: :mod:`gossip.rpc` drives it from an
+unpacked from there. Everything here is sans-IO: :mod:`net.rpc` drives it from an
 asyncio protocol, tests drive it from plain sockets.
 """
 
@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gossip.wire import LENGTH, MAX_FRAME, FrameError
+from net.wire import LENGTH, MAX_FRAME, FrameError
 
 Buffer = bytes | bytearray | memoryview
 
