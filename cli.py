@@ -71,11 +71,19 @@ def _show_status(directory: Path, as_json: bool) -> None:
         return
     _table("RainStorm cluster", rows,
            ["id", "address", "pid", "redis_pid", "redis_port", "state", "membership", "roles", "disk"])
+    # the controller as its leader sees itself (else the highest term any node reports)
+    known = [r for r in rows if r.get("leader")]
+    if known:
+        best = max(known, key=lambda r: (r["id"] == r["leader"], r.get("term") or 0))
+        out.print(f"controller: leader {best['leader']}, term {best['term']}")
+    else:
+        out.print("controller: no leader known (an election is under way or a quorum of voters is down)")
 
 
 @cluster_app.command("status")
 def cluster_status(directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
-    """Nodes of the local cluster: id, address, pids, redis port, state, and whether its disk takes writes."""
+    """Nodes of the local cluster (id, address, pids, redis port, state, roles, whether its disk takes
+    writes) and the controller's leader and term."""
     _show_status(directory, as_json)
 
 
@@ -111,7 +119,8 @@ def node_start(
     redis_port: Annotated[int | None, typer.Option(
         "--redis-port", help="Port of this node's redis-server (default PORT+200).")] = None,
     node_id: Annotated[str | None, typer.Option("--id", help="Node id (default HOST:PORT).")] = None,
-    leader: Annotated[str, typer.Option("--leader", help="Node id of the cluster's leader.")] = "node-1",
+    voters: Annotated[str | None, typer.Option(
+        "--voters", help="Node ids of the controller's Raft voters, comma-separated ([control] voters).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a node: gossip member, RPC server and its own redis-server, until SIGTERM (graceful leave)."""
@@ -131,9 +140,13 @@ def node_start(
         raise UserError("no cluster secret: set RAINSTORM_SECRET (every node of a cluster shares it)")
     nid = node_id or bind
     cfg = configmod.load(config)
+    if voters:
+        cfg.control.voters = [v.strip() for v in voters.split(",") if v.strip()]
+    if not cfg.control.voters:
+        raise UserError("no controller voters: give --voters ID,ID,... or [control] voters in rainstorm.toml")
     logs.setup(nid)
     spec = NodeSpec(nid, bind, joins, data or Path(f"data-{nid.replace(':', '-')}"),
-                    redis_port or port + 200, secret, cfg, leader)
+                    redis_port or port + 200, secret, cfg)
     from hydfs.disk import StorageError
 
     try:
@@ -366,25 +379,16 @@ def dfs_rm(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None
 
 
 # -- jobs -------------------------------------------------------------------------------------------
-async def _leader(client: Any, addresses: list[str], method: str, args: dict[str, Any] | None = None) -> Any:
-    info = await call_any(client, addresses, "node.info")
-    rows = await call_any(client, addresses, "node.members")
-    addr = next((r["address"] for r in rows if r["id"] == info["leader"] and r["state"] == "alive"), None)
-    if addr is None:
-        raise UserError(f"the leader {info['leader']} is not alive")
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:  # a fresh leader restores its state from HyDFS first (a few seconds after cluster up)
-        try:
-            return await call_any(client, [addr], method, args, timeout=30.0)
-        except UserError as exc:
-            if "leader is starting" not in str(exc) or asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.3)
+async def _control(client: Any, addresses: list[str], method: str, args: dict[str, Any] | None = None) -> Any:
+    """Ask any node: it answers from the controller's leader (forwarding), waiting out an election up
+    to its ``[control] request_timeout``, then says why in one line."""
+    timeout = configmod.load(None).control.request_timeout + 5.0
+    return await call_any(client, addresses, f"control.{method}", args, timeout=timeout)
 
 
-def _leader_call(at: str | None, directory: Path, method: str, args: dict[str, Any] | None = None) -> Any:
+def _control_call(at: str | None, directory: Path, method: str, args: dict[str, Any] | None = None) -> Any:
     target = locate(at, directory)
-    return run_rpc(target.secret, lambda c: _leader(c, target.addresses, method, args))
+    return run_rpc(target.secret, lambda c: _control(c, target.addresses, method, args))
 
 
 def _parse_args(pairs: list[str]) -> dict[str, str]:
@@ -417,7 +421,7 @@ def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None
     stored = f"rs/jobs/{job}-{uuid.uuid4().hex[:8]}.py"
     spec = {"job_file": stored, "job_name": job_file.name, "src": src, "dest": dest, "tasks": tasks,
             "args": args, "rate": rate, "follow": follow, "block": configmod.load(None).worker.source_block}
-    names = [plan.task_name(r) for r in plan.tasks()]
+    refs = [list(r) for r in plan.tasks()]
 
     async def body(rpc: Any) -> Any:
         client = Client(rpc, target.addresses)
@@ -428,7 +432,7 @@ def submit_job(job_file: Path, src: str, dest: str, tasks: int, name: str | None
         if not exists:
             raise UserError(f"unknown source file: {src} (not in HyDFS; `rainstorm dfs create LOCAL {src}`)")
         await client.create(stored, text)
-        return await _leader(rpc, target.addresses, "leader.submit", {"name": job, "spec": spec, "tasks": names})
+        return await _control(rpc, target.addresses, "submit", {"name": job, "spec": spec, "tasks": refs})
 
     return run_rpc(target.secret, body)
 
@@ -447,29 +451,30 @@ def submit(
 ) -> None:
     """Run a job file on the cluster."""
     res = submit_job(job_file, src, dest, tasks, name, _parse_args(arg or []), rate, at, directory, follow)
-    out.print(f"submitted {res['name']}: {len(res['assign'])} tasks; `rainstorm status {res['name']}` to follow")
+    out.print(f"submitted {res['name']} (run {res['run']}): {len(res['assign'])} tasks; "
+              f"`rainstorm status {res['name']}` to follow")
 
 
 def _job_rows(at: str | None, directory: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = _leader_call(at, directory, "leader.jobs")
+    rows: list[dict[str, Any]] = _control_call(at, directory, "jobs")
     return rows
 
 
 @app.command("jobs")
 def jobs(at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
-    """Every job the leader knows."""
+    """Every run of every job the controller knows (a name submitted again is a new run)."""
     rows = _job_rows(at, directory)
-    summary = [{"name": j["name"], "state": j["state"], "src": j["src"], "dest": j["dest"], "tasks": len(j["tasks"]),
-                "restarts": sum(t["restarts"] for t in j["tasks"])} for j in rows]
+    summary = [{"name": j["name"], "run": j["run"], "state": j["state"], "src": j["src"], "dest": j["dest"],
+                "tasks": len(j["tasks"]), "restarts": sum(t["restarts"] for t in j["tasks"])} for j in rows]
     if as_json:
         _print_json({"jobs": summary})
     else:
-        _table("jobs", summary, ["name", "state", "src", "dest", "tasks", "restarts"])
+        _table("jobs", summary, ["name", "run", "state", "src", "dest", "tasks", "restarts"])
 
 
 def _job(at: str | None, directory: Path, name: str) -> dict[str, Any]:
     for j in _job_rows(at, directory):
-        if j["name"] == name:
+        if j["name"] == name and j["latest"]:
             return j
     raise UserError(f"no job named {name!r} (see `rainstorm jobs`)")
 
@@ -481,7 +486,7 @@ def status(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json
     if as_json:
         _print_json(j)
         return
-    out.print(f"{j['name']}: {j['state']}" + (f" ({j['error']})" if j.get("error") else ""))
+    out.print(f"{j['name']} (run {j['run']}): {j['state']}" + (f" ({j['error']})" if j.get("error") else ""))
     _table("tasks", j["tasks"], ["stage", "index", "node", "epoch", "processed", "emitted", "pending",
                                  "deadletters", "restarts", "done"])
 
@@ -497,7 +502,7 @@ def wait(name: str, timeout: Annotated[float, typer.Option("--timeout", help="Se
         left = timeout - (time.monotonic() - start) if timeout else 5.0
         if left <= 0:
             raise UserError(f"{name} still running after {timeout:g}s")
-        j = _leader_call(at, directory, "leader.wait", {"name": name, "wait": min(left, 5.0)})
+        j = _control_call(at, directory, "wait", {"name": name, "wait": min(left, 5.0)})
         if j["state"] != "running":
             break
     if j["state"] != "finished":
@@ -508,8 +513,8 @@ def wait(name: str, timeout: Annotated[float, typer.Option("--timeout", help="Se
 @app.command("stop")
 def stop(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
     """Stop a running job."""
-    state = _leader_call(at, directory, "leader.stop", {"name": name})
-    out.print(f"{name}: {state}")
+    res = _control_call(at, directory, "stop", {"name": name})
+    out.print(f"{name} (run {res['run']}): {res['state']}")
 
 
 @app.command("deadletters")

@@ -260,9 +260,10 @@ class _Member:
 
 
 class _Probe:
-    __slots__ = ("acked", "end", "inc", "indirect_at", "seq", "target")
+    __slots__ = ("acked", "end", "inc", "indirect_at", "sent", "seq", "target")
 
-    def __init__(self, target: str, inc: int, seq: int, indirect_at: float, end: float) -> None:
+    def __init__(self, target: str, inc: int, seq: int, indirect_at: float, end: float, sent: float) -> None:
+        self.sent = sent
         self.target = target
         self.inc = inc  # the life of the target we probe: a newer one we hear of meanwhile is not judged
         self.seq = seq
@@ -380,6 +381,7 @@ class Swim:
         self.state = ALIVE
         self.since = now
         self.stats: collections.Counter[str] = collections.Counter()
+        self.probe_rtts: collections.deque[float] = collections.deque(maxlen=1024)   # direct probes acked
         self._members: dict[str, _Member] = {}
         self._alive = _IdSet()    # members in state ALIVE (helpers, fan-out, sync peers)
         self._failed = _IdSet()   # members in state FAILED (reconnect pings)
@@ -499,6 +501,15 @@ class Swim:
         out.extend(m.info() for m in self._members.values() if m.state in _LIVE)
         return out
 
+    def probe_delays(self) -> dict[str, float]:
+        """Round trips of the last acked direct probes (seconds): p50, p99, max and how many."""
+        rtts = sorted(self.probe_rtts)
+        if not rtts:
+            return {"n": 0}
+        def pick(q: float) -> float:
+            return rtts[min(len(rtts) - 1, int(q * len(rtts)))]
+        return {"n": len(rtts), "p50": pick(0.5), "p99": pick(0.99), "max": rtts[-1]}
+
     def next_deadline(self) -> float:
         """Earliest time ``tick`` has work; ``inf`` when nothing is scheduled."""
         t = self._join_next if self._joining else math.inf
@@ -610,7 +621,7 @@ class Swim:
             return
         seq = self._next_seq()
         cfg = self.config
-        self._probe = _Probe(m.node_id, m.inc, seq, now + cfg.ack_timeout, now + cfg.period)
+        self._probe = _Probe(m.node_id, m.inc, seq, now + cfg.ack_timeout, now + cfg.period, now)
         self._send(m.addr, {"t": "ping", "seq": seq, "to": m.node_id}, m.node_id)
 
     def _send_indirect(self, p: _Probe) -> None:
@@ -878,7 +889,7 @@ class Swim:
             if "chk" in msg:
                 self._start_check(msg["chk"], now)
         elif t == "ack":
-            self._on_ack(msg["seq"], msg["of"])
+            self._on_ack(msg["seq"], msg["of"], now)
         elif t == "ping_req":
             self._on_ping_req(src, frm, msg, now)
         elif t == "join":
@@ -904,10 +915,11 @@ class Swim:
             heapq.heappush(self._suspects, (deadline, nid, inc))
         return True
 
-    def _on_ack(self, seq: int, of: str) -> None:
+    def _on_ack(self, seq: int, of: str, now: float) -> None:
         p = self._probe
         if p is not None and p.seq == seq and p.target == of:
             p.acked = True
+            self.probe_rtts.append(now - p.sent)   # how late a busy peer answers: the margin to suspicion
             return
         check = self._checks.get(seq)
         if check is not None and check[0] == of:

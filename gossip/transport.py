@@ -80,6 +80,10 @@ class GossipNode:
         with self._lock:
             return self.swim.members(self.clock())
 
+    def probe_delays(self) -> dict[str, float]:
+        with self._lock:
+            return self.swim.probe_delays()
+
     def subscribe(self, callback: object) -> None:
         assert callable(callback)
         self._subs.append(callback)

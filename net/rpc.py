@@ -2,9 +2,10 @@
 
 One connection per peer address, multiplexed by request id, so a slow call never blocks another.
 A request is ``{"i": id, "m": method, "a": args}``; the answer ``{"i": id, "r": result}`` or
-``{"i": id, "e": message}``. Bad frames are counted (``hello``, ``size``, ``mac``, ``body``,
-``schema``) and end that connection only. A connection must deliver an authenticated frame within
-``HELLO_TIMEOUT`` (a hello alone proves nothing), and a server holds at most ``MAX_CONNS``.
+``{"i": id, "e": message, "c": code}`` (the typed code optional). Bad frames are counted (``hello``,
+``size``, ``mac``, ``body``, ``schema``) and end that connection only. A connection must deliver an
+authenticated frame within ``HELLO_TIMEOUT`` (a hello alone proves nothing), and a server holds at
+most ``MAX_CONNS``.
 
 The framing is :mod:`net.session`: both sides send a hello with a fresh nonce, derive one key
 per direction from the cluster key and both nonces, and tag every frame with AES-GMAC over the
@@ -44,7 +45,12 @@ MAX_CONNS = 1024  # connections a server holds at once; more are closed at once 
 
 
 class RpcError(Exception):
-    """The remote handler failed; the message is the remote's one-line reason."""
+    """The remote handler failed; the message is the remote's one-line reason, ``code`` its typed
+    reason when the handler gave one (callers branch on the code, never on the text)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Unreachable(ConnectionError):
@@ -52,7 +58,11 @@ class Unreachable(ConnectionError):
 
 
 class RemoteError(Exception):
-    """Raise in a handler to send a clean one-line error to the caller."""
+    """Raise in a handler to send a clean one-line error (and an optional typed ``code``) to the caller."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -305,6 +315,8 @@ class _ServerConn(_Endpoint):
                 reply["r"] = await handler(msg.get("a", {}))
             except RemoteError as exc:
                 reply["e"] = str(exc)
+                if exc.code:
+                    reply["c"] = exc.code
             except Exception as exc:
                 log.exception("handler %s failed", msg["m"])
                 reply["e"] = f"{type(exc).__name__}: {exc}"
@@ -442,7 +454,7 @@ class RpcClient:
             conn.pending.pop(rid, None)
             raise
         if "e" in reply:
-            raise RpcError(str(reply["e"]))
+            raise RpcError(str(reply["e"]), str(reply.get("c") or ""))
         return reply.get("r")
 
     async def close(self) -> None:

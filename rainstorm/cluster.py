@@ -91,9 +91,18 @@ def _redis_pid(node: dict[str, Any]) -> int | None:
         return node.get("redis_pid")
 
 
-def spawn(node: dict[str, Any], join: list[str], secret: str) -> int:
+def local_voters(ids: list[str], configured: list[str]) -> list[str]:
+    """The controller's voters: the configured ones, or the first 1, 3 or 5 nodes (an odd number: an
+    even one adds a node that must answer without adding a failure the quorum survives)."""
+    if configured:
+        return list(configured)
+    n = min(5, len(ids))
+    return ids[:n if n % 2 else n - 1]
+
+
+def spawn(node: dict[str, Any], join: list[str], secret: str, voters: list[str]) -> int:
     cmd = [sys.executable, "-m", "rainstorm", "node", "start", "--id", node["id"], "--bind", node["address"],
-           "--data", node["data"], "--redis-port", str(node["redis_port"])]
+           "--data", node["data"], "--redis-port", str(node["redis_port"]), "--voters", ",".join(voters)]
     if join:
         cmd += ["--join", ",".join(join)]
     log = open(node["log"], "ab")
@@ -156,8 +165,9 @@ def up(directory: Path, nodes: int, cfg: Config) -> dict[str, Any]:
     rports = _ports(cc.host, cc.redis_base_port, nodes, set(ports))
     directory.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(16)
-    cluster: dict[str, Any] = {"version": 1, "dir": str(directory.resolve()), "secret": secret,
-                               "leader": "node-1", "nodes": []}
+    ids = [f"node-{i + 1}" for i in range(nodes)]
+    cluster: dict[str, Any] = {"version": 2, "dir": str(directory.resolve()), "secret": secret,
+                               "voters": local_voters(ids, cfg.control.voters), "nodes": []}
     for i in range(nodes):
         nid = f"node-{i + 1}"
         data = directory.resolve() / nid
@@ -167,7 +177,7 @@ def up(directory: Path, nodes: int, cfg: Config) -> dict[str, Any]:
                                  "pid": None, "redis_pid": None})
     introducer = cluster["nodes"][0]["address"]
     for i, node in enumerate(cluster["nodes"]):
-        node["pid"] = spawn(node, [] if i == 0 else [introducer], secret)
+        node["pid"] = spawn(node, [] if i == 0 else [introducer], secret, cluster["voters"])
     write_cluster(directory, cluster)
     try:
         infos = wait_converged(cluster, {n["id"] for n in cluster["nodes"]}, cc.up_timeout)
@@ -219,6 +229,9 @@ def status(directory: Path) -> list[dict[str, Any]]:
                 "state": "up" if info else ("unresponsive" if running else "down"),
                 "membership": view.get(n["id"], "unknown"),
                 "roles": (info or {}).get("roles", []),
+                # this node's view of the controller: who leads, in which term
+                "leader": ((info or {}).get("controller") or {}).get("leader"),
+                "term": ((info or {}).get("controller") or {}).get("term"),
                 "disk": (info or {}).get("hydfs", {}).get("disk"),
             })
         return rows
@@ -243,7 +256,7 @@ def restart(directory: Path, node_id: str, timeout: float = 20.0) -> dict[str, A
     if _is_ours(node.get("pid"), _node_marker(node)):
         raise UserError(f"{node_id} is running; `rainstorm cluster kill {node_id}` first")
     others = [n for n in cluster["nodes"] if n["id"] != node_id and _is_ours(n.get("pid"), _node_marker(n))]
-    node["pid"] = spawn(node, [n["address"] for n in others], cluster["secret"])
+    node["pid"] = spawn(node, [n["address"] for n in others], cluster["secret"], cluster.get("voters", []))
     write_cluster(directory, cluster)
     infos = wait_converged(cluster, {node_id} | {n["id"] for n in others}, timeout)
     node["redis_pid"] = infos[node_id]["redis_pid"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from gossip.config import GossipConfig
 from hydfs.server import ServerConfig as HydfsConfig
+from rainstorm.control import ControlConfig
 from rainstorm.worker import WorkerConfig
 
 
@@ -51,6 +52,7 @@ class Config:
     hydfs: HydfsConfig = field(default_factory=HydfsConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +92,9 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         if section is None or not isinstance(values, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
         _apply(section, values, f"[{name}]")
+    if not all(isinstance(v, str) and v for v in cfg.control.voters) or len(set(cfg.control.voters)) != len(
+            cfg.control.voters):
+        raise ConfigError("[control]: voters must be distinct node ids")
     problem = cfg.hydfs.check()
     if problem:
         raise ConfigError(f"[hydfs]: {problem}")

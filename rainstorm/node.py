@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from gossip.transport import GossipNode, view_rows
-from hydfs.api import Client, HydfsError
+from hydfs.api import Client
 from hydfs.server import HydfsServer
 from net.rpc import RpcClient, RpcServer, split_addr
 from net.wire import derive_key
 from rainstorm.config import Config
-from rainstorm.leader import Leader
+from rainstorm.control import ControlService
 from rainstorm.redis_proc import RedisSupervisor, redis_password
 from rainstorm.worker import Worker
 
@@ -54,7 +54,6 @@ class NodeSpec:
     redis_port: int
     secret: str
     config: Config = field(default_factory=Config)
-    leader: str = "node-1"         # node id of the leader (later: elected)
 
 
 class Node:
@@ -71,11 +70,9 @@ class Node:
         self.rpc_client = RpcClient(key)
         self.hydfs = HydfsServer(spec.node_id, spec.data_dir, self.rpc, self.rpc_client, self.gossip,
                                  config=spec.config.hydfs)
-        self.roles: list[str] = ["leader"] if spec.node_id == spec.leader else []
-        self.roles.append("worker")
         self.dfs = Client(self.rpc_client, [spec.bind])
-        self.leader: Leader | None = None
-        self._leader_start: asyncio.Task[None] | None = None
+        self.control = ControlService(spec.node_id, spec.config.control, self.rpc, self.rpc_client, self.gossip,
+                                      spec.data_dir)
         self.worker: Worker | None = None
         self._stop = asyncio.Event()
         self.rpc.register("node.info", self._info)
@@ -85,36 +82,29 @@ class Node:
         return {
             "id": self.spec.node_id, "address": self.spec.bind, "pid": os.getpid(),
             "redis_pid": self.redis.pid, "redis_port": self.spec.redis_port,
-            "redis_restarts": self.redis.restarts, "roles": self.roles, "leader": self.spec.leader,
+            "redis_restarts": self.redis.restarts, "roles": self.roles(),
+            "controller": self.control.info(),
             # bad MAC / version / size over UDP and TCP, plus well-signed gossip that fails its schema
             "dropped_frames": {**self.rpc.stats, "gossip_schema": self.gossip.swim.stats["schema"]},
             "hydfs": self.hydfs.health(),
             # a suspicion while nothing crashed is a false failure detection (a bug): benchmarks read these
-            "gossip": {k: self.gossip.swim.stats[k] for k in ("suspected", "declared_failed", "refuted")},
+            "gossip": {**{k: self.gossip.swim.stats[k] for k in ("suspected", "declared_failed", "refuted")},
+                       "probe_rtt": self.gossip.probe_delays()},
         }
+
+    def roles(self) -> list[str]:
+        c = self.control.info()
+        return ["leader"] * c["leading"] + ["voter"] * c["voter"] + ["worker"]
 
     async def _members(self, _args: dict[str, Any]) -> list[dict[str, Any]]:
         return view_rows(self.gossip.members(), self.gossip.clock())
 
     async def _start_roles(self) -> None:
-        if "leader" in self.roles:
-            self.leader = Leader(self.spec.node_id, self.rpc, self.dfs, self.gossip)
-            self._leader_start = asyncio.create_task(self._restore_leader(self.leader))
+        await self.control.start()
         self.worker = Worker(self.spec.node_id, self.rpc, self.rpc_client, self.dfs, self.redis.client(),
-                             self.gossip, self.spec.leader, self.spec.config.worker,
+                             self.gossip, self.control, self.spec.config.worker,
                              local_read=self.hydfs.local_range)
         await self.worker.start()
-
-    async def _restore_leader(self, leader: Leader) -> None:
-        """The leader's state lives in HyDFS, which answers once the ring has settled."""
-        while True:
-            try:
-                await leader.start()
-                log.info("leader ready")
-                return
-            except HydfsError as exc:
-                log.info("leader waits for HyDFS: %s", exc)
-                await asyncio.sleep(0.5)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -145,10 +135,9 @@ class Node:
             log.info("leaving")
             await self.gossip.leave(self.spec.config.node.leave_linger)
         finally:
-            if self._leader_start is not None:
-                self._leader_start.cancel()
             if self.worker is not None:
                 await self.worker.close()
+            await self.control.close()
             await self.hydfs.close()
             await self.rpc_client.close()
             await self.gossip.close()

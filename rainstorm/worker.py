@@ -1,10 +1,12 @@
-"""The worker role: runs the task instances the leader assigns to this node.
+"""The worker role: runs the task instances the controller assigns to this node.
 
 Each instance is a sans-IO :class:`rainstorm.stream.task.Task`; this file performs its effects
 (HyDFS logs and sinks through :class:`HydfsLogStore`, the inbox in the node's Redis through
 :class:`RedisInboxStore`, source lines from the HyDFS source file) and carries its messages to other
-tasks' nodes over RPC (``stream.msgs``). The assignment table is pulled from the leader; an
-instance whose (task, epoch) is no longer assigned here is stopped (and fenced anyway).
+tasks' nodes over RPC (``stream.msgs``). The assignment table is pulled from the controller (through
+this node's :class:`ControlService`, which forwards to the leader); an instance whose (task, epoch)
+is no longer assigned here is stopped (and fenced anyway). Every instance that ends for any reason
+is reported until the controller has it, and a (task, epoch) never runs twice in one process.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aredis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from gossip.transport import GossipNode
 from hydfs.api import Client, HydfsError
 from net.rpc import RpcClient, RpcError, RpcServer, Unreachable
+from rainstorm.control import ControlError, ControlService
 from rainstorm.hydfs_log import HydfsLogStore
 from rainstorm.redis_inbox import RedisInboxStore, keys
 from rainstorm.source_reader import RangeReader
@@ -31,20 +36,15 @@ from rainstorm.stream.jobfile import JobError, load_job
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
 from rainstorm.stream.stores import Fenced, NotOwner
 from rainstorm.stream.task import (
-    Accept,
-    AppendLog,
-    ApplyInbox,
     Effect,
-    OpenInbox,
-    Publish,
-    ReadInbox,
-    ReadLog,
     ReadSource,
     Send,
     Task,
     TaskConfig,
     complete,
+    store_call,
 )
+from rainstorm.worker_core import Decisions, Key, WorkerCore, task_name
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class WorkerConfig:
     source_block: int = _TASK.block         # source blocks shared out among a job's source tasks
     source_page: int = 1 << 20                   # bytes per ranged read of a source file
     follow_refresh: float = 0.2                  # a following source looks for appended bytes this often
+    start_retry: float = 20.0                    # a start retries HyDFS errors this long, then is reported dead
 
     def task_config(self, spec: dict[str, Any]) -> TaskConfig:
         """A job's task settings: this node's batching, the job's pacing and its block size (which every
@@ -80,7 +81,7 @@ LocalRead = Callable[[str, int, int], "tuple[bytes, int] | None"]   # HydfsServe
 
 @dataclass
 class Instance:
-    job: str
+    job: str                    # the run key (``name@run``)
     ref: TaskRef
     epoch: int
     task: Task
@@ -91,11 +92,22 @@ class Instance:
     clock: float = 0.0          # time.time() - time.monotonic() at launch: task times as wall times
 
 
+class _Source:
+    """The instance's ranged reader behind the source interface that :func:`store_call` calls."""
+
+    def __init__(self, reader: RangeReader) -> None:
+        self.reader = reader
+
+    async def read(self, _name: str, pos: int, _stripe: Any, max_bytes: int, final: bool = True) -> Any:
+        return await self.reader.read(pos, max_bytes)
+
+
 class Worker:
     def __init__(self, node_id: str, rpc: RpcServer, rpc_client: RpcClient, hydfs: Client,
-                 redis_client: aredis.Redis, membership: GossipNode, leader_id: str,
+                 redis_client: aredis.Redis, membership: GossipNode, control: ControlService,
                  config: WorkerConfig | None = None, local_read: LocalRead | None = None) -> None:
         self.node_id = node_id
+        self.core = WorkerCore(node_id, uuid.uuid4().hex)   # the boot id names this process (see hello)
         self.local_read = local_read
         self.rpc_client = rpc_client
         self.hydfs = hydfs
@@ -103,14 +115,18 @@ class Worker:
         self.cfg = config or WorkerConfig()
         self.inbox = RedisInboxStore(redis_client, max_len=self.cfg.inbox_max)
         self.membership = membership
-        self.leader_id = leader_id
-        self.instances: dict[tuple[str, TaskRef], Instance] = {}
+        self.control = control
+        self.instances: dict[Key, Instance] = {}    # (run key, task) -> its instance here
         self.plans: dict[str, tuple[Plan, TaskConfig]] = {}
-        self.table: dict[str, Any] = {"version": -1, "jobs": {}}
-        self._loading: set[str] = set()
-        self._bg: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._reporting: set[tuple[str, str, int, str]] = set()
+        self._report_kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
         rpc.register("stream.msgs", self._on_msgs)
+
+    @property
+    def table(self) -> dict[str, Any]:
+        return self.core.table
 
     def addr_of(self, node_id: str) -> str | None:
         for m in self.membership.alive():
@@ -119,15 +135,20 @@ class Worker:
         return None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._poll_loop())
+        self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._report_loop())]
 
     async def close(self) -> None:
         for inst in list(self.instances.values()):
             self._stop(inst)
-        if self._task is not None:
-            self._task.cancel()
+        for t in [*self._tasks, *self._bg]:
+            t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await t
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
 
     # -- the assignment table -------------------------------------------------------------------
     def _stats(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -150,76 +171,54 @@ class Worker:
             "latency": t.latency.to_wire()}
 
     async def _poll_loop(self) -> None:
-        greeted = False
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(ControlError),
+                                           wait=wait_exponential(multiplier=0.1, max=1.0)):
+            with attempt:
+                await self.control.request("hello", self.core.hello())
+        self.core.on_hello_acked()
         while True:
-            addr = self.addr_of(self.leader_id)
-            if addr is not None and not greeted:
-                # nothing runs before the leader knows this is a fresh process (see Leader._hello)
-                try:
-                    await self.rpc_client.call(addr, "leader.hello", {"node": self.node_id}, timeout=3.0)
-                    greeted = True
-                except (Unreachable, RpcError) as exc:
-                    log.debug("leader not ready: %s", exc)
-            if addr is not None and greeted:
-                try:
-                    # a long poll: the leader answers at once when the table changes, else after ``poll``
-                    self.table = await self.rpc_client.call(
-                        addr, "leader.table", {"node": self.node_id, "stats": self._stats(),
-                                               "since": self.table["version"], "wait": self.cfg.poll},
-                        timeout=self.cfg.poll + 3.0)
-                    await self._reconcile()
-                    continue
-                except (Unreachable, RpcError) as exc:
-                    log.debug("leader unreachable: %s", exc)
-            await asyncio.sleep(0.25)
-
-    async def _reconcile(self) -> None:
-        want: dict[tuple[str, TaskRef], int] = {}
-        for job, j in self.table["jobs"].items():
-            if j["state"] != "running":
+            try:
+                # a long poll: answered at once when the table changes, else after ``poll``
+                table = await self.control.request(
+                    "table", {"node": self.node_id, "stats": self._stats(), "since": self.table["version"],
+                              "wait": self.cfg.poll})
+            except ControlError as exc:
+                log.info("no table from the controller: %s", exc)
+                await asyncio.sleep(0.25)
                 continue
-            for tname, (node, epoch) in j["assign"].items():
-                # a finished instance stays until the whole job ends: its producers still need its
-                # answers (committed marks) to finish themselves
-                if node == self.node_id:
-                    _, s, p = tname.rsplit(":", 2)
-                    want[(job, (int(s), int(p)))] = int(epoch)
-        for key, inst in list(self.instances.items()):
-            if want.get(key) != inst.epoch:
+            await self._apply(self.core.on_table(table))
+
+    async def _apply(self, d: Decisions) -> None:
+        for key in d.stop:
+            inst = self.instances.get(key)
+            if inst is not None:
                 self._stop(inst)
-                if self.table["jobs"].get(inst.job, {}).get("state") not in (None, "running"):
+                if key in d.forget:
                     await self._forget(inst)
-        for key, epoch in want.items():
-            if key not in self.instances:
-                await self._launch(key[0], key[1], epoch)
-        running = {job for job, j in self.table["jobs"].items() if j["state"] == "running"}
-        for job in [j for j in self.plans if j not in running and all(i.job != j for i in self.instances.values())]:
-            del self.plans[job]   # an ended job's plan (its operators, their state) is not kept
-        for job in running:
-            if job not in self.plans and job not in self._loading:
-                # every node loads every running job's plan ahead: a task moved here after a failure
-                # starts without a HyDFS read whose primary may be the node that just died
-                self._loading.add(job)
-                t = asyncio.create_task(self._preload(job))
-                self._bg.add(t)
-                t.add_done_callback(self._bg.discard)
+        for run in d.drop_plans:
+            self.plans.pop(run, None)   # an ended run's plan (its operators, their state) is not kept
+        for run in d.preload:
+            # every node loads every running run's plan ahead: a task moved here after a failure
+            # starts without a HyDFS read whose primary may be the node that just died
+            self._spawn(self._preload(run))
+        for x in d.launch:
+            self._spawn(self._launch(x.run, x.ref, x.epoch))
+        self._report_kick.set()
 
-    async def _preload(self, job: str) -> None:
+    async def _preload(self, run: str) -> None:
         try:
-            await self._plan(job)
+            await self._plan(run)
         except (HydfsError, JobError) as exc:
-            log.debug("plan not loaded ahead: %s", exc)   # _launch reports it if a task needs it
-        finally:
-            self._loading.discard(job)
+            log.debug("plan not loaded ahead: %s", exc)   # _launch retries and reports if a task needs it
 
-    async def _plan(self, job: str) -> tuple[Plan, TaskConfig]:
-        if job not in self.plans:
-            spec = self.table["jobs"][job]["spec"]
+    async def _plan(self, run: str) -> tuple[Plan, TaskConfig]:
+        if run not in self.plans:
+            spec = self.table["jobs"][run]["spec"]
             text = await self.hydfs.get(spec["job_file"])
             stages = load_job(text, spec.get("args") or {}, filename=spec.get("job_name", "job.py"))
-            plan = build_plan(job, spec["src"], spec["dest"], stages, spec["tasks"])
-            self.plans[job] = (plan, self.cfg.task_config(spec))
-        return self.plans[job]
+            plan = build_plan(run, spec["src"], spec["dest"], stages, spec["tasks"])
+            self.plans[run] = (plan, self.cfg.task_config(spec))
+        return self.plans[run]
 
     def _reader(self, inst: Instance) -> RangeReader:
         """A source instance's own reader: its stripe of the file, in ranged reads, a page ahead."""
@@ -243,26 +242,42 @@ class Worker:
             inst.reader = RangeReader(fetch, t.stripe, t.cfg.follow, self.cfg.source_page, self.cfg.follow_refresh)
         return inst.reader
 
-    async def _launch(self, job: str, ref: TaskRef, epoch: int) -> None:
+    async def _launch(self, run: str, ref: TaskRef, epoch: int) -> None:
+        name = task_name(run, ref)
         try:
-            plan, cfg = await self._plan(job)
-        except (HydfsError, JobError) as exc:
-            log.error("cannot start task", extra={"job": job, "task": ref, "error": str(exc)})
-            await self._report(job, f"{job}:{ref[0]}:{ref[1]}", epoch, "failed", str(exc))
+            # a HyDFS error here is transient (a primary just died, the ring is settling): retried,
+            # and if it lasts the instance is reported dead and runs again at the next epoch
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(HydfsError), reraise=True,
+                                               wait=wait_exponential(multiplier=0.1, max=2.0),
+                                               stop=stop_after_delay(self.cfg.start_retry)):
+                with attempt:
+                    if not self.core.wanted(run, ref, epoch):
+                        return
+                    plan, cfg = await self._plan(run)
+        except JobError as exc:   # the job file itself is wrong: no epoch will do better
+            log.error("cannot start task", extra={"task": name, "error": str(exc)})
+            self._reported(run, ref, epoch, "failed", str(exc))
             return
-        inst = Instance(job, ref, epoch, Task(plan, ref, epoch, cfg), clock=time.time() - time.monotonic())
-        self.instances[(job, ref)] = inst
+        except HydfsError as exc:
+            log.warning("cannot start task", extra={"task": name, "error": str(exc)})
+            self._reported(run, ref, epoch, "died", f"start: {exc}")
+            return
+        if not self.core.started(run, ref, epoch):
+            return
+        inst = Instance(run, ref, epoch, Task(plan, ref, epoch, cfg), clock=time.time() - time.monotonic())
+        self.instances[(run, ref)] = inst
         inst.runner = asyncio.create_task(self._run(inst))
         log.info("task started", extra={"task": inst.task.name, "epoch": epoch})
 
     def _stop(self, inst: Instance) -> None:
         self.instances.pop((inst.job, inst.ref), None)
+        self.core.ended(inst.job, inst.ref, inst.epoch)
         if inst.runner is not None:
             inst.runner.cancel()   # its finally closes the reader
         log.info("task stopped", extra={"task": inst.task.name, "epoch": inst.epoch})
 
     async def _forget(self, inst: Instance) -> None:
-        """The job is over: its task's Redis keys (inbox, marks, caches) go; the HyDFS log stays."""
+        """The run is over: its task's Redis keys (inbox, marks, caches) go; the HyDFS log stays."""
         k = keys(inst.task.name)
         try:
             stale = [key async for key in self.inbox.r.scan_iter(match=k["out"] + "*")]
@@ -270,15 +285,32 @@ class Worker:
         except aredis.RedisError as exc:
             log.warning("could not clean up redis keys", extra={"task": inst.task.name, "error": str(exc)})
 
-    async def _report(self, job: str, task: str, epoch: int, status: str, error: str | None = None,
-                      stats: dict[str, Any] | None = None) -> None:
-        """Tell the leader; a finished task's final counters ride along (its node forgets them)."""
-        addr = self.addr_of(self.leader_id)
-        if addr is None:
-            return
-        with contextlib.suppress(Unreachable, RpcError):
-            await self.rpc_client.call(addr, "leader.report", {"job": job, "task": task, "epoch": epoch,
-                                                               "status": status, "error": error, "stats": stats})
+    # -- reports ---------------------------------------------------------------------------------
+    def _reported(self, run: str, ref: TaskRef, epoch: int, status: str, error: str | None = None,
+                  stats: dict[str, Any] | None = None) -> None:
+        self.core.report(run, ref, epoch, status, error, stats)
+        self._report_kick.set()
+
+    async def _report_loop(self) -> None:
+        """Send every due report, again and again, until the controller has it or it is moot."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_kick.wait(), 1.0)
+            self._report_kick.clear()
+            for args in self.core.due_reports():
+                key = (args["run"], args["task"], args["epoch"], args["status"])
+                if key not in self._reporting:
+                    self._reporting.add(key)
+                    self._spawn(self._send_report(key, args))
+
+    async def _send_report(self, key: tuple[str, str, int, str], args: dict[str, Any]) -> None:
+        try:
+            await self.control.request("report", args)
+            self.core.on_report_acked(args)
+        except ControlError as exc:
+            log.info("report not delivered yet", extra={"task": args["task"], "error": str(exc)})
+        finally:
+            self._reporting.discard(key)
 
     # -- one instance -----------------------------------------------------------------------------
     async def _run(self, inst: Instance) -> None:
@@ -290,14 +322,17 @@ class Worker:
                 self._dispatch(inst, t.take_effects(), inflight)
                 if t.done and not inst.reported:
                     inst.reported = True
-                    await self._report(inst.job, t.name, inst.epoch, "done", stats=self._task_stats(inst))
+                    self._reported(inst.job, inst.ref, inst.epoch, "done", stats=self._task_stats(inst))
                     log.info("task finished", extra={"task": t.name, "epoch": inst.epoch})
                 if not t.alive:
-                    lost = "inbox lost" in t.why
-                    log.warning("task instance stopped", extra={"task": t.name, "why": t.why})
-                    if lost:  # Redis restarted without its data: the leader starts the next epoch
-                        await self._report(inst.job, t.name, inst.epoch, "lost", t.why)
-                    self.instances.pop((inst.job, inst.ref), None)
+                    # whatever the cause, the controller hears of it and runs the task at a new epoch
+                    # (a fenced zombie's report names a stale epoch and changes nothing)
+                    cause = t.cause.value if t.cause else "unknown"
+                    log.warning("task instance died", extra={"task": t.name, "cause": cause, "why": t.why})
+                    if self.instances.get((inst.job, inst.ref)) is inst:
+                        del self.instances[(inst.job, inst.ref)]
+                    self.core.ended(inst.job, inst.ref, inst.epoch)
+                    self._reported(inst.job, inst.ref, inst.epoch, "died", f"{cause}: {t.why}")
                     return
                 inst.wake.clear()
                 wait = min(self.cfg.tick, t.wake_at - time.monotonic())
@@ -341,30 +376,13 @@ class Worker:
     async def _perform(self, inst: Instance, eff: Effect) -> None:
         result: Any
         try:
-            if isinstance(eff, AppendLog | Publish):
-                result = await self.logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch,
-                                                client=eff.client, seq=eff.seq, after=eff.after)
-            elif isinstance(eff, ReadLog):
-                result = await self.logs.entries(eff.name)
-            elif isinstance(eff, OpenInbox):
-                result = await self.inbox.open(eff.task, eff.epoch, eff.marks)
-            elif isinstance(eff, ReadInbox):
-                result = await self.inbox.read(eff.task, eff.epoch, eff.limit)
-            elif isinstance(eff, Accept):
-                result = await self.inbox.accept(eff.task, eff.epoch, eff.channel, eff.seq, eff.payload, eff.end,
-                                                 eff.floor)
-            elif isinstance(eff, ApplyInbox):
-                await self.inbox.apply(eff.task, eff.epoch, eff.update)
-                result = None
-            elif isinstance(eff, ReadSource):
-                result = await self._reader(inst).read(eff.pos, eff.max_bytes)
-            else:
-                return
+            result = await store_call(eff, self.logs, self.inbox, _Source(self._reader(inst))
+                                      if isinstance(eff, ReadSource) else None)()
         except (Fenced, NotOwner) as exc:
             result = exc
         except (HydfsError, OSError, aredis.RedisError) as exc:
             # a transient store failure: the instance cannot know whether it happened; let it die
-            # and be replaced (same node, next epoch) rather than guess
+            # and be replaced (reported, next epoch) rather than guess
             result = NotOwner(f"store error: {exc}")
         if self.instances.get((inst.job, inst.ref)) is inst:
             complete(inst.task, eff, result)

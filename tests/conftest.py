@@ -75,6 +75,26 @@ class LocalCluster:
 
         return run_rpc(self.data["secret"], body)
 
+    def control(self, method: str, args: dict[str, Any] | None = None, timeout: float = 15.0) -> Any:
+        """A controller request through the first node that answers (every node forwards to the leader)."""
+        from rainstorm.locate import call_any
+
+        async def body(client: Any) -> Any:
+            return await call_any(client, [n["address"] for n in self.data["nodes"]], f"control.{method}", args,
+                                  timeout=timeout)
+
+        return run_rpc(self.data["secret"], body)
+
+    def leader(self) -> str | None:
+        """The controller's leader as the first node that answers sees it."""
+        from rainstorm.locate import call_any
+
+        async def body(client: Any) -> Any:
+            return await call_any(client, [n["address"] for n in self.data["nodes"]], "control.leader", {},
+                                  timeout=2.0)
+
+        return run_rpc(self.data["secret"], body).get("leader")
+
     def view(self, node_id: str) -> dict[str, dict[str, Any]]:
         return {m["id"]: m for m in self.call(node_id, "node.members")}
 

@@ -97,8 +97,9 @@ def _dfs(c: LocalCluster, fn: Any) -> Any:
     return run_rpc(c.data["secret"], body)
 
 
-def _leader(c: LocalCluster, method: str, args: dict[str, Any] | None = None) -> Any:
-    return c.call("node-1", method, args)
+def _control(c: LocalCluster, method: str, args: dict[str, Any] | None = None) -> Any:
+    """Ask the controller through the first node that is up (any node forwards to the leader)."""
+    return c.control(method, args)
 
 
 def _submit(c: LocalCluster, job: str, dest: str) -> None:
@@ -109,7 +110,7 @@ def _submit(c: LocalCluster, job: str, dest: str) -> None:
 
 
 def _job(c: LocalCluster, name: str) -> dict[str, Any]:
-    return next(j for j in _leader(c, "leader.jobs") if j["name"] == name)
+    return next(j for j in _control(c, "jobs") if j["name"] == name and j["latest"])
 
 
 def _wait_done(c: LocalCluster, name: str, timeout: float = 90) -> None:
@@ -155,9 +156,11 @@ def _run_with(c: LocalCluster, tag: str, inject: Any) -> None:
 
 
 def _node_running(c: LocalCluster, job: str, stage: int, exclude: set[str] | None = None) -> str:
+    """A node (not the controller's leader: these tests kill workers) that runs a task of ``stage``."""
     j = _job(c, job)
+    leader = c.leader()
     for t in j["tasks"]:
-        if t["stage"] == stage and t["node"] != "node-1" and t["node"] not in (exclude or set()):
+        if t["stage"] == stage and t["node"] != leader and t["node"] not in (exclude or set()):
             return str(t["node"])
     raise AssertionError(f"no worker runs stage {stage} of {job}")
 
@@ -261,4 +264,4 @@ def test_follow_reads_appended_lines_until_stopped(cluster: LocalCluster) -> Non
     want = [x.decode() for x in run_reference(load_job(FILTER_JOB, {}), "signs", cluster.rows + more)[0]]
     wait_for(lambda: collections.Counter(_lines(cluster, "follow-out")) == collections.Counter(want), 60,
              "the appended lines processed exactly once", step=0.5)
-    assert _leader(cluster, "leader.stop", {"name": "follow"}) == "stopped"
+    assert _control(cluster, "stop", {"name": "follow"})["state"] == "stopped"

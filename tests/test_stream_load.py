@@ -80,7 +80,7 @@ def test_a_big_source_suspects_no_node_and_counts_exactly(make_cluster: Any, tmp
     (tmp_path / "count.py").write_text(COUNT_JOB)
     before = _gossip(c)
     submit_job(tmp_path / "count.py", "access", "counts", 2, "big", {}, None, None, c.dir)
-    wait_for(lambda: next(j for j in c.call("node-1", "leader.jobs") if j["name"] == "big")["state"] != "running",
+    wait_for(lambda: next(j for j in c.control("jobs") if j["name"] == "big")["state"] != "running",
              120, "the job to end", step=0.3)
     after = _gossip(c)
     assert {k: after[k] - before[k] for k in after} == {"suspected": 0, "declared_failed": 0, "refuted": 0}

@@ -42,9 +42,10 @@ AggregateByKey's running values in them) are byte-identical.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,6 +227,16 @@ class Phase(enum.Enum):
     DEAD = "dead"
 
 
+class Death(enum.Enum):
+    """Why an instance ended (typed, for drivers; ``Task.why`` says it for people). Every one of them
+    is reported, and the task runs again at a new epoch unless a newer instance already replaced it."""
+    FENCED = "fenced"          # a newer epoch fenced the log: this instance is a zombie
+    NOT_OWNER = "not_owner"    # the inbox store is owned by a newer instance, lost its data, or failed
+    REPLAY = "replay"          # the log does not replay (a record it cannot decode)
+    GAP = "gap"                # the inbox skipped a sequence number
+    NO_FENCE = "no_fence"      # its own fence is missing from the log it read
+
+
 # --------------------------------------------------------------------------- the task
 
 
@@ -254,7 +265,8 @@ class Task:
         self.is_sink = plan.is_sink(self.stage)
         self.chain = Chain(plan, self.stage)
         self.phase = Phase.NEW
-        self.why = ""                               # why it stopped (DEAD)
+        self.why = ""                               # why it stopped (DEAD), for people
+        self.cause: Death | None = None             # why it stopped, for code
         self.now = 0.0
         self.stats: Counter[str] = Counter()
         n_in = 0 if self.is_source else plan.phys[self.stage - 1].tasks
@@ -354,10 +366,10 @@ class Task:
 
     # completions ---------------------------------------------------------
 
-    def on_failed(self, op: int, why: str) -> None:
+    def on_failed(self, op: int, why: str, cause: Death) -> None:
         """An effect failed in a way that ends this instance: fenced (replaced), inbox not owned / lost."""
         if self._ops.pop(op, None) is not None and self.alive:
-            self._die(why)
+            self._die(why, cause)
 
     def on_log_appended(self, op: int, index: int) -> None:
         kind = self._done(op)
@@ -377,7 +389,7 @@ class Task:
         try:
             self._rebuild(entries)
         except (RecordError, ValueError, IndexError, KeyError) as exc:
-            self._die(f"log {self.log} does not replay: {exc}")
+            self._die(f"log {self.log} does not replay: {exc}", Death.REPLAY)
             return
         if self.alive:
             self.phase = Phase.OPENING
@@ -447,7 +459,7 @@ class Task:
                 self.stats["stale_entries"] += 1   # committed before a crash, not acked yet
                 continue
             if e.seq != expect + 1:
-                self._die(f"inbox gap on channel {c}: seq {e.seq} after {expect}")
+                self._die(f"inbox gap on channel {c}: seq {e.seq} after {expect}", Death.GAP)
                 return
             marks[c] = e.seq
             if e.end:
@@ -514,9 +526,9 @@ class Task:
     def _emit(self, eff: Effect) -> None:
         self._effects.append(eff)
 
-    def _die(self, why: str) -> None:
+    def _die(self, why: str, cause: Death) -> None:
         self.phase = Phase.DEAD
-        self.why = why
+        self.why, self.cause = why, cause
         self._effects.clear()
         self._ops.clear()
 
@@ -535,7 +547,7 @@ class Task:
             rec = decode_record(data)
             if isinstance(rec, FenceRecord):
                 if rec.epoch > self.epoch:
-                    self._die(f"replaced by epoch {rec.epoch}")
+                    self._die(f"replaced by epoch {rec.epoch}", Death.FENCED)
                     return
                 fence = max(fence, rec.epoch)
                 continue
@@ -544,7 +556,7 @@ class Task:
                 continue
             self._apply_record(index, rec, live=False)
         if fence != self.epoch:
-            self._die(f"own fence (epoch {self.epoch}) missing from the log read")
+            self._die(f"own fence (epoch {self.epoch}) missing from the log read", Death.NO_FENCE)
             return
         self._pub_q = deque(x for x in self._pub_q if x.index > self.pub)
         # destination lines land in commit order (a key's running values never go back): the first
@@ -787,28 +799,34 @@ class Task:
 # --------------------------------------------------------------------------- running effects on sync stores
 
 
+def store_call(eff: Effect, logs: Any, inbox: Any, source: Any) -> Callable[[], Any]:
+    """The store call that performs ``eff`` (not a Send). One table for both drivers: the simulator
+    calls it on synchronous stores, the worker awaits it on asynchronous ones (same method names)."""
+    if isinstance(eff, AppendLog | Publish):
+        return functools.partial(logs.append, eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client,
+                                 seq=eff.seq, after=eff.after)
+    if isinstance(eff, ReadLog):
+        return functools.partial(logs.entries, eff.name)
+    if isinstance(eff, OpenInbox):
+        return functools.partial(inbox.open, eff.task, eff.epoch, eff.marks)
+    if isinstance(eff, ReadInbox):
+        return functools.partial(inbox.read, eff.task, eff.epoch, eff.limit)
+    if isinstance(eff, Accept):
+        return functools.partial(inbox.accept, eff.task, eff.epoch, eff.channel, eff.seq, eff.payload, eff.end,
+                                 eff.floor)
+    if isinstance(eff, ApplyInbox):
+        return functools.partial(inbox.apply, eff.task, eff.epoch, eff.update)
+    if isinstance(eff, ReadSource):
+        return functools.partial(source.read, eff.name, eff.pos, eff.stripe, eff.max_bytes, final=True)
+    raise TypeError(f"not a store effect: {eff!r}")
+
+
 def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader) -> Any:
-    """Perform one effect (not Send) on synchronous stores; the result, or the Fenced / NotOwner raised."""
+    """Perform one effect on synchronous stores; the result, or the Fenced / NotOwner raised."""
     try:
-        if isinstance(eff, AppendLog | Publish):
-            return logs.append(eff.name, eff.data, fence=eff.fence, epoch=eff.epoch, client=eff.client, seq=eff.seq,
-                               after=eff.after)
-        if isinstance(eff, ReadLog):
-            return logs.entries(eff.name)
-        if isinstance(eff, OpenInbox):
-            return inbox.open(eff.task, eff.epoch, eff.marks)
-        if isinstance(eff, ReadInbox):
-            return inbox.read(eff.task, eff.epoch, eff.limit)
-        if isinstance(eff, Accept):
-            return inbox.accept(eff.task, eff.epoch, eff.channel, eff.seq, eff.payload, eff.end, eff.floor)
-        if isinstance(eff, ApplyInbox):
-            inbox.apply(eff.task, eff.epoch, eff.update)
-            return None
-        if isinstance(eff, ReadSource):
-            return source.read(eff.name, eff.pos, eff.stripe, eff.max_bytes, final=True)
+        return store_call(eff, logs, inbox, source)()
     except (Fenced, NotOwner, OutOfOrder) as exc:
         return exc
-    raise TypeError(f"not a store effect: {eff!r}")
 
 
 def complete(task: Task, eff: Effect, result: Any) -> None:
@@ -818,9 +836,9 @@ def complete(task: Task, eff: Effect, result: Any) -> None:
     if isinstance(result, OutOfOrder):
         raise TypeError("an out-of-order append is retried by the driver, not completed")
     if isinstance(result, Fenced):
-        task.on_failed(eff.op, f"fenced: {result}")
+        task.on_failed(eff.op, f"fenced: {result}", Death.FENCED)
     elif isinstance(result, NotOwner):
-        task.on_failed(eff.op, f"inbox lost: {result}")
+        task.on_failed(eff.op, f"inbox lost: {result}", Death.NOT_OWNER)
     elif isinstance(eff, AppendLog):
         task.on_log_appended(eff.op, result)
     elif isinstance(eff, Publish):

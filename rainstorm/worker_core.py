@@ -1,0 +1,139 @@
+"""What a worker decides, without I/O: which task instances to start and stop, and what to report.
+
+The asyncio :class:`rainstorm.worker.Worker` and the whole-system simulator drive this same core, so
+the rules below are exercised under simulated crashes, partitions and message loss:
+
+- nothing runs before the controller acknowledged this process's ``hello`` (which gave the tasks a
+  previous process of this node ran new epochs);
+- an instance runs where and at the epoch the table says; any other instance is stopped;
+- a (task, epoch) is launched at most once per process: an instance that ended is never restarted
+  under its epoch (its HyDFS idempotency keys would collide with its own earlier appends); it is
+  reported, and the controller hands out the next epoch;
+- every report is kept until the controller acknowledged it or the table moved on without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rainstorm.stream.plan import TaskRef
+
+Key = tuple[str, TaskRef]        # (run key, task)
+
+
+@dataclass(frozen=True)
+class Launch:
+    run: str
+    ref: TaskRef
+    epoch: int
+
+
+@dataclass
+class Decisions:
+    stop: list[Key]              # instances to stop (their epoch or node changed, or the run ended)
+    forget: list[Key]            # ...of runs that ended: their node-local state (Redis keys) can go
+    launch: list[Launch]
+    drop_plans: list[str]        # runs no longer running: their loaded plans go
+    preload: list[str]           # running runs whose plan this node should load ahead
+
+
+def task_name(run: str, ref: TaskRef) -> str:
+    return f"{run}:{ref[0]}:{ref[1]}"
+
+
+def parse_task(name: str) -> tuple[str, TaskRef]:
+    run, s, p = name.rsplit(":", 2)
+    return run, (int(s), int(p))
+
+
+class WorkerCore:
+    def __init__(self, node_id: str, boot: str) -> None:
+        self.node_id = node_id
+        self.boot = boot
+        self.greeted = False
+        self.table: dict[str, Any] = {"version": -1, "jobs": {}}
+        self.running: dict[Key, int] = {}            # instances alive here: epoch
+        self.launched: set[tuple[str, TaskRef, int]] = set()
+        self.plans: set[str] = set()                 # runs whose plan is loaded (or loading)
+        self.reports: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+
+    # -- hello -----------------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        return {"node": self.node_id, "boot": self.boot}
+
+    def on_hello_acked(self) -> None:
+        self.greeted = True
+
+    # -- the table -------------------------------------------------------------------------------
+    def on_table(self, table: dict[str, Any]) -> Decisions:
+        self.table = table
+        want: dict[Key, int] = {}
+        running_runs = set()
+        for run, j in table["jobs"].items():
+            if j["state"] != "running":
+                continue
+            running_runs.add(run)
+            for tname, (node, epoch) in j["assign"].items():
+                # a finished instance stays until the whole run ends: its producers still need its
+                # answers (committed marks) to finish themselves
+                if node == self.node_id:
+                    want[(run, parse_task(tname)[1])] = int(epoch)
+        d = Decisions([], [], [], [], [])
+        for key, epoch in list(self.running.items()):
+            if want.get(key) != epoch:
+                d.stop.append(key)
+                del self.running[key]
+                if key[0] not in running_runs:
+                    d.forget.append(key)
+        for key, epoch in want.items():
+            if key not in self.running and (*key, epoch) not in self.launched:
+                self.launched.add((*key, epoch))
+                d.launch.append(Launch(key[0], key[1], epoch))
+        self.launched = {x for x in self.launched if x[0] in running_runs}
+        keep = running_runs | {k[0] for k in self.running}
+        d.drop_plans = sorted(self.plans - keep)
+        self.plans &= keep
+        d.preload = sorted(running_runs - self.plans)
+        self.plans |= running_runs
+        return d
+
+    def wanted(self, run: str, ref: TaskRef, epoch: int) -> bool:
+        """The table still runs this instance here (a launch still due; a report about it not moot)."""
+        j = self.table["jobs"].get(run)
+        return (j is not None and j["state"] == "running"
+                and j["assign"].get(task_name(run, ref), [None, -1]) == [self.node_id, epoch])
+
+    def started(self, run: str, ref: TaskRef, epoch: int) -> bool:
+        """A launch got its plan: run it unless the table moved on meanwhile."""
+        if not self.wanted(run, ref, epoch) or (run, ref) in self.running:
+            return False
+        self.running[(run, ref)] = epoch
+        return True
+
+    def ended(self, run: str, ref: TaskRef, epoch: int) -> None:
+        if self.running.get((run, ref)) == epoch:
+            del self.running[(run, ref)]
+
+    # -- reports ---------------------------------------------------------------------------------
+    def report(self, run: str, ref: TaskRef, epoch: int, status: str, error: str | None = None,
+               stats: dict[str, Any] | None = None) -> None:
+        args = {"run": run, "task": task_name(run, ref), "epoch": epoch, "status": status, "error": error,
+                "stats": stats}
+        self.reports[(run, task_name(run, ref), epoch, status)] = args
+
+    def due_reports(self) -> list[dict[str, Any]]:
+        """Reports to send (again): unacknowledged ones whose instance the table still names."""
+        out = []
+        for key, args in list(self.reports.items()):
+            run, task, epoch, _ = key
+            j = self.table["jobs"].get(run)
+            # moot once the run ended or the task moved to another epoch (the controller has it)
+            if j is None or j["state"] != "running" or j["assign"].get(task, [None, -1])[1] != epoch:
+                del self.reports[key]
+            else:
+                out.append(args)
+        return out
+
+    def on_report_acked(self, args: dict[str, Any]) -> None:
+        self.reports.pop((args["run"], args["task"], args["epoch"], args["status"]), None)
