@@ -26,6 +26,8 @@ class CoreConfig:
     sync_timeout: float = 2.0     # a new primary waits this long for replicas to catch up
     lag_timeout: float = 5.0      # an in-sync replica behind and not advancing this long leaves the set
     #                               (set from [hydfs] lag_timeout on real nodes)
+    stall: float = 1.0            # this node did nothing this long (SIGSTOP, a starved loop): it may have
+    #                               been declared failed meanwhile, so it acts as a node that was
     batch_entries: int = 256      # entries per append / fetch message
     batch_bytes: int = 1 << 20    # and bytes
     window_bytes: int = 8 << 20   # data sent to one replica ahead of its answers

@@ -40,6 +40,7 @@ class NodeCore:
         self.prev_ring = Ring()
         self.view_epoch = 0
         self.now = 0.0
+        self._last_input = 0.0      # when tick or receive last ran (see _woke)
         self.vols: dict[str, FileVol] = {}
         self.primaries: dict[str, FilePrimary] = {}
         self.hints: dict[str, set[str]] = {}       # nodes that offered a file to us
@@ -104,7 +105,22 @@ class NodeCore:
         for name in list(self.primaries):
             self._step_down(name, now)
 
+    def _woke(self, now: float) -> None:
+        """Called first by every input. A node that stood still longer than failure detection takes
+        (SIGSTOP, a starved event loop) may have been declared failed and replaced meanwhile: its
+        primaries may be stale and the silence of its replicas is its own. So it does what a node
+        told it was declared failed does (step down, vouch for nothing until a primary confirms it)
+        instead of judging the others by timers that ran out while it slept: without this, a woken
+        primary dropped its live replicas from the in-sync set for lag and then truncated the
+        appends the new primary had acknowledged meanwhile."""
+        if self._last_input and now - self._last_input > self.config.stall:
+            self.stats["stalls"] += 1
+            self._last_input = now
+            self.on_declared_failed(now)
+        self._last_input = now
+
     def tick(self, now: float) -> None:
+        self._woke(now)
         self.now = now
         for name in list(self.primaries):
             self.primaries[name].tick(now)
@@ -114,6 +130,7 @@ class NodeCore:
 
     def receive(self, src: str, msg: object, now: float) -> None:
         """Handle one message; anything malformed is counted in ``stats`` and dropped."""
+        self._woke(now)
         self.now = now
         m = parse(msg)
         if m is None or not isinstance(src, str):

@@ -159,7 +159,7 @@ class RaftCore:
     def tick(self, now: float) -> None:
         self._now = now
         if self.role is LEADER:
-            if False:  # check-quorum: cut off from the majority
+            if not self.lease(now):  # check-quorum: cut off from the majority
                 self.stats["stepped_down"] += 1
                 self._become_follower(self.term, None, now)
             elif now >= self._next_heartbeat:

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 NOT_LEADER, NO_LEADER = "not_leader", "no_leader"      # typed codes of this front door
 MAX_WAIT = 5.0   # the longest a long poll (table, wait) is held open
+FORWARD_TIMEOUT = 2.0   # one forwarded attempt waits this long for the leader (plus a long poll's hold)
 
 
 @dataclass
@@ -228,7 +229,10 @@ class ControlService:
         addr = self.addr_of(leader) if leader else None
         if leader is None or addr is None or leader == self.node_id:
             raise _Again("no leader known")
-        left = max(0.5, deadline - time.monotonic())
+        # bounded per attempt: a leader that stopped answering (SIGSTOP, cut off) is given up on within
+        # a few seconds, by when the others have elected a new one, and the request goes there
+        held = float(args["wait"]) if isinstance(args.get("wait"), int | float) else 0.0
+        left = max(0.5, min(deadline - time.monotonic(), FORWARD_TIMEOUT + min(held, MAX_WAIT)))
         try:
             return await self.client.call(addr, f"control.{name}", {**args, "_fwd": True}, timeout=left)
         except Unreachable as exc:

@@ -84,12 +84,14 @@ class Node:
             "redis_pid": self.redis.pid, "redis_port": self.spec.redis_port,
             "redis_restarts": self.redis.restarts, "roles": self.roles(),
             "controller": self.control.info(),
+            "tasks": len(self.worker.instances) if self.worker is not None else 0,   # instances running here
             # bad MAC / version / size over UDP and TCP, plus well-signed gossip that fails its schema
             "dropped_frames": {**self.rpc.stats, "gossip_schema": self.gossip.swim.stats["schema"]},
             "hydfs": self.hydfs.health(),
             # a suspicion while nothing crashed is a false failure detection (a bug): benchmarks read these
-            "gossip": {**{k: self.gossip.swim.stats[k] for k in ("suspected", "declared_failed", "refuted")},
-                       "probe_rtt": self.gossip.probe_delays()},
+            "gossip": {k: self.gossip.swim.stats[k] for k in ("suspected", "declared_failed", "refuted")},
+            # round trips of this node's acked direct probes: how close a busy peer comes to suspicion
+            "probe_rtt": self.gossip.probe_delays(),
         }
 
     def roles(self) -> list[str]:

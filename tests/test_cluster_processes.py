@@ -94,7 +94,12 @@ def test_cli_up_status_members_down(tmp_path: Path) -> None:
         rows = json.loads(st.stdout)["nodes"]
         assert [r["state"] for r in rows] == ["up"] * 3
         assert all(r["membership"] == "alive" and r["redis_pid"] for r in rows)
-        assert rows[0]["roles"] == ["leader", "worker"] and rows[1]["roles"] == ["worker"]
+        # 3 nodes: all three vote; one of them leads the controller, and every node reports that one
+        assert all(r["roles"][-2:] == ["voter", "worker"] for r in rows)
+        leaders = [r["id"] for r in rows if "leader" in r["roles"]]
+        assert len(leaders) == 1 and {r["leader"] for r in rows} == set(leaders), rows
+        human = run_cli("cluster", "status", cwd=tmp_path).stdout
+        assert f"controller: leader {leaders[0]}, term " in human
         m = json.loads(run_cli("members", "--json", cwd=tmp_path).stdout)["members"]
         assert {r["id"] for r in m} == {"node-1", "node-2", "node-3"}
         assert set(m[0]) == {"id", "address", "state", "incarnation", "seconds", "ring_position"}

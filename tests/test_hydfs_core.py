@@ -800,3 +800,22 @@ def test_declared_failed_drops_trust_and_leadership_for_a_while() -> None:
     sim.run_for(sim.config.settle + 2.0)
     assert F in core.primaries and core.vols[F].trusted
     assert append(sim, b"x;").index == 2
+
+
+def test_a_primary_that_stood_still_steps_down_instead_of_dropping_its_replicas() -> None:
+    """A primary SIGSTOPped with an append in flight wakes up long past ``lag_timeout``. Its replicas
+    did not fall behind: it did. It must not drop them from the in-sync set (and then lead alone,
+    truncating what a newer primary acknowledged meanwhile); it steps down like a node that was
+    declared failed. Failed on the old code: the set shrank to the primary alone."""
+    sim = cluster(3)
+    make(sim, b"h;")
+    p, r1, r2 = owners(sim)
+    sim.hooks.append(lambda src, dest, m: not (dest == p and src in (r1, r2)))   # answers held
+    c = sim.client("c1")
+    c.append(F, b"a;", sim.now)
+    sim.run_for(0.2)
+    core = primary(sim)
+    assert F in core.primaries and set(core.primaries[F].isr) == {p, r1, r2}
+    core.tick(sim.now + 2 * sim.config.lag_timeout)     # its first step after the stall
+    assert F not in core.primaries or set(core.primaries[F].isr) == {p, r1, r2}
+    assert core.stats["stalls"] == 1

@@ -6,6 +6,7 @@ Every run is seeded and hypothesis is derandomized, so a failure reproduces exac
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -58,6 +59,15 @@ def inject(sim: RaftSim, kind: str, arg: int) -> None:
         sim.partition([sim.net.rng.sample(sim.ids, minority)])
     elif kind == "heal":
         sim.heal()
+
+
+def run_until(sim: RaftSim, cond: Callable[[], object], limit: float, step: float = 0.01) -> float:
+    """Run until ``cond()``; the seconds it took (fails past ``limit``)."""
+    t0 = sim.now
+    while not cond():
+        assert sim.now - t0 < limit, "timed out"
+        sim.run_for(step)
+    return sim.now - t0
 
 
 def settle(sim: RaftSim) -> None:
@@ -124,10 +134,7 @@ def test_leader_crash_elects_another_and_keeps_every_acknowledged_entry(n: int) 
     old = sim.leader()
     assert old is not None
     sim.crash(old)
-    t0 = sim.now
-    while sim.leader() is None:
-        sim.run_for(0.05)
-    assert sim.now - t0 < 3 * ET  # a timeout (1-2 s), a pre-vote and a vote
+    run_until(sim, sim.leader, 3 * ET)  # a timeout (1-2 s), a pre-vote and a vote
     new = sim.leader()
     assert new is not None and new != old
     assert all(sim.nodes[new].core.log.term(i) is not None or i <= sim.nodes[new].core.log.snap_index  # type: ignore[union-attr]
@@ -143,18 +150,16 @@ def test_isolated_leader_steps_down_and_the_majority_goes_on() -> None:
     assert old is not None
     term = sim.nodes[old].core.term  # type: ignore[union-attr]
     sim.partition([[old]])
-    t0 = sim.now
-    while sim.nodes[old].core.role is LEADER:  # type: ignore[union-attr]
-        sim.run_for(0.01)
-    assert sim.now - t0 <= ET + CFG.heartbeat + 0.05  # check-quorum
+    old_core = sim.nodes[old].core
+    assert old_core is not None
+    run_until(sim, lambda: old_core.role is not LEADER, ET + CFG.heartbeat + 0.05)  # check-quorum
     sim.run_for(3 * ET)
     new = sim.leader()
     assert new is not None and new != old
     assert sim.propose(b"majority")
     sim.run_for(0.5)
     assert b"majority" in sim.acked
-    old_core = sim.nodes[old].core
-    assert old_core is not None and old_core.term == term  # pre-vote: the isolated one never raised its term
+    assert old_core.term == term  # pre-vote: the isolated one never raised its term
     settle(sim)
     assert sim.leader() == new  # it came back without deposing anyone
 
@@ -182,8 +187,7 @@ def test_partitioned_follower_returns_without_disrupting() -> None:
 def test_crash_between_ready_and_save_loses_only_what_was_never_sent() -> None:
     sim = new_sim(Chaos(3, seed=9))
     for r in range(10):  # alternately the leader and a follower die mid-Ready, under load
-        while sim.leader() is None:
-            sim.run_for(0.05)
+        run_until(sim, sim.leader, 5 * ET)
         lead = sim.leader()
         target = lead if r % 2 == 0 else next(x for x in sim.ids if x != lead)
         assert target is not None
