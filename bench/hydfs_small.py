@@ -257,7 +257,7 @@ class Load:
         self.jobs[-1].update(state="running", started=time.time())
 
     async def _rows(self) -> dict[str, dict[str, Any]]:
-        rows = await self.rpc.call(self.leader, "leader.jobs", timeout=10)
+        rows = [j for j in await self.rpc.call(self.leader, "control.jobs", timeout=10) if j.get("latest")]
         return {r["name"]: r for r in rows}
 
     async def start(self) -> list[str]:
@@ -450,7 +450,7 @@ async def run(a: argparse.Namespace, sizes: list[int], directory: Path, cluster:
         job_file = directory.parent / "filter500.py"
         job_file.write_text(JOB)
         rpc = RpcClient(derive_key(cluster["secret"]))
-        load = Load(env, job_file, "load.csv", rpc, local.node_of(cluster, cluster["leader"])["address"])
+        load = Load(env, job_file, "load.csv", rpc, local.node_of(cluster, "node-1")["address"])
         try:
             nodes = await load.start()
             say(f"  job {load.jobs[0]['name']}: source tasks on {nodes}")

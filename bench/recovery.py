@@ -10,7 +10,7 @@ the job's total slowdown. On a local 5-node cluster (temporary directory, `rains
   shared with bench/streaming.py), running count per path, ``--tasks 3``, the source paced with
   ``--rate`` lines/s per source task so the job runs ~35 s;
 - baseline: the job without kills; job time = from `rainstorm submit` to `rainstorm wait` returning;
-- kills: the same job (new names, as many runs as needed), a worker (never node-1, the leader) that
+- kills: the same job (new names, as many runs as needed), a worker (never the controller's leader) that
   hosts an unfinished task is SIGKILLed by `rainstorm cluster kill`, restarted once the job moved on,
   and the next kill comes when all nodes are alive again plus ``--gap`` (2 s);
 - per kill: detected = node-1's `members` shows it failed; moved = the leader's ``task moved`` log
@@ -88,7 +88,7 @@ class Probe:
 
     def job(self, name: str) -> dict[str, Any] | None:
         """What `rainstorm status NAME --json` prints (the leader's ``leader.jobs`` row)."""
-        for j in self.call(LEADER, "leader.jobs") or []:
+        for j in [j for j in self.call(LEADER, "control.jobs") or [] if j.get("latest")]:
             if j["name"] == name:
                 return dict(j)
         return None
@@ -200,8 +200,9 @@ def pick(probe: Probe, name: str, rng: random.Random, last: str | None) -> tuple
     if j is None or j["state"] != "running" or any(t["stage"] == 0 and t["done"] for t in j["tasks"]):
         return None
     hosts: dict[str, dict[str, int]] = defaultdict(dict)
+    ctl = (probe.call(LEADER, "control.leader") or {}).get("leader")   # the controller's leader: not a worker kill
     for t in j["tasks"]:
-        if not t["done"] and t["node"] != LEADER:
+        if not t["done"] and t["node"] not in (LEADER, ctl):
             hosts[t["node"]][t["task"]] = t["epoch"]
     names = sorted(hosts)
     if len(names) > 1 and last in names:
@@ -418,7 +419,8 @@ def log_lines(cluster_dir: Path) -> Iterator[dict[str, Any]]:
 def read_logs(cluster_dir: Path, runs: list[JobRun]) -> None:
     """From the logs: the leader's detection and move times per kill, and fail lines of live nodes."""
     lines = list(log_lines(cluster_dir))
-    leader = [x for x in lines if x.get("node") == LEADER]
+    # node-1's failure verdicts, and the moves the controller's leader (wherever it was) logged
+    leader = [x for x in lines if x.get("node") == LEADER or x.get("msg") == "task moved"]
     all_fails = [x for x in lines if x.get("msg") == "member fail"]
     for k in (k for r in runs for k in r.kills):
         explain(k, leader)

@@ -84,6 +84,10 @@ class GossipNode:
         with self._lock:
             return self.swim.probe_delays()
 
+    def reset_probe_delays(self) -> None:
+        with self._lock:
+            self.swim.probe_rtts.clear()
+
     def subscribe(self, callback: object) -> None:
         assert callable(callback)
         self._subs.append(callback)

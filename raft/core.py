@@ -139,9 +139,11 @@ class RaftCore:
         return self.log.last_index
 
     def lease(self, now: float) -> bool:
-        """Leader that heard from a quorum (itself included) within ``election_timeout``: no other leader
-        can have been elected meanwhile (followers that heard from it ignore votes that long), modulo
-        clock-rate differences. Check-quorum steps down as soon as this turns false."""
+        """Leader that heard from a quorum (itself included) within ``election_timeout`` (check-quorum
+        steps down as soon as this turns false). Those followers ignore votes for ``election_timeout``
+        from when *they* last heard from us, a round trip before we heard back: so another leader can
+        overlap a lease by at most a round trip plus clock drift -- a guard for acting, not for safety,
+        which comes from the log alone."""
         if self.role is not LEADER:
             return False
         window = self.config.election_timeout

@@ -31,6 +31,7 @@ from raft.storage import DiskStorage
 log = logging.getLogger(__name__)
 METHOD = "raft.msgs"
 MAX_QUEUED = 4096  # messages waiting for one peer; older ones are dropped beyond this (Raft resends)
+CLOSE_WAIT = 5.0   # seconds close() waits for a save in progress
 
 
 class StateMachine(Protocol):
@@ -86,11 +87,21 @@ class RaftNode:
         self._task = loop.create_task(self._run(), name=f"raft:{self.node_id}")
 
     async def close(self) -> None:
+        """Stop after the save in progress (its thread cannot be cancelled: closing the log under it could
+        let its write land in whatever file reuses the descriptor)."""
         self._closed = True
-        tasks = [t for t in (self._task, *self._senders.values()) if t is not None]
-        for t in tasks:
+        self._wake.set()
+        idle = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), CLOSE_WAIT)
+            except TimeoutError:  # a disk that hangs: leave the log open rather than risk it
+                idle = False
+                self._task.cancel()
+            except Exception:
+                pass
+        for t in list(self._senders.values()):
             t.cancel()
-        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._fail_waiting(ProposalLost("raft node closed"))
@@ -98,7 +109,8 @@ class RaftNode:
             if not fut.done():
                 fut.set_exception(ProposalLost("raft node closed"))
         self._proposals.clear()
-        self.storage.close()
+        if idle:
+            self.storage.close()
 
     def subscribe(self, callback: RoleCallback) -> None:
         """``callback(role, term, leader_id)`` on every change of any of them (from the loop task)."""
@@ -179,6 +191,8 @@ class RaftNode:
                     async with asyncio.timeout(max(0.0, core.next_deadline() - time.monotonic())):
                         await self._wake.wait()
             self._wake.clear()
+            if self._closed:
+                break
             try:
                 await self._turn(core, time.monotonic())
             except Exception:
@@ -209,7 +223,7 @@ class RaftNode:
             self._waiting[index] = (core.term, fut)
         core.tick(now)
         self._notify()
-        while core.has_ready():
+        while not self._closed and core.has_ready():
             rd = core.ready()
             # a save's fsync takes 0.1-0.3 ms on this VM's disk but 1-10 ms on ordinary ones: off the loop
             await asyncio.to_thread(self.storage.save, rd)
@@ -217,7 +231,7 @@ class RaftNode:
             self._apply(rd)
             core.advance(rd)
             self._notify()
-        if core.applied - self._snap_index >= self.config.snapshot_every:
+        if not self._closed and core.applied - self._snap_index >= self.config.snapshot_every:
             snap = core.compact(core.applied, self.state.snapshot())
             await asyncio.to_thread(self.storage.compact, snap)
             self._snap_index = snap.index
@@ -254,6 +268,8 @@ class RaftNode:
         now = (core.role, core.term, core.leader_id)
         if now == self._seen:
             return
+        if core.term != self._seen[1]:
+            self.counters["terms"] += 1
         if self._seen[0] is LEADER and (core.role is not LEADER or core.term != self._seen[1]):
             self._fail_waiting(ProposalLost("leadership lost before the entry committed"))
         self._seen = now

@@ -271,14 +271,14 @@ class RaftSim:
                     raise InvariantViolation(f"leader {node.id} of term {core.term} lacks entry {index}/{term} "
                                              f"committed in term {in_term}")
         for index in range(node.seen_commit + 1, core.commit + 1):
-            term = core.log.term(index)
-            assert term is not None
-            known = self.commit_term.setdefault(index, (term, core.term))
-            if known[0] != term:
-                raise InvariantViolation(f"{node.id} committed {index}/{term}, already committed as {index}/{known[0]}")
-            holders = [n.id for n in self.nodes.values() if self._stored(n.storage, index, term)]
+            t = core.log.term(index)
+            assert t is not None
+            known = self.commit_term.setdefault(index, (t, core.term))
+            if known[0] != t:
+                raise InvariantViolation(f"{node.id} committed {index}/{t}, already committed as {index}/{known[0]}")
+            holders = [n.id for n in self.nodes.values() if self._stored(n.storage, index, t)]
             if len(holders) < self.quorum:
-                raise InvariantViolation(f"{node.id} committed {index}/{term} stored only on {holders}")
+                raise InvariantViolation(f"{node.id} committed {index}/{t} stored only on {holders}")
         node.seen_commit = max(node.seen_commit, core.commit)
 
     @staticmethod
@@ -321,6 +321,13 @@ class RaftSim:
         node.crash_on_ready = False
         if node.core is None:
             self._start(node)
+
+    def core(self, nid: str) -> RaftCore:
+        """``nid``'s core (it must be up)."""
+        core = self.nodes[nid].core
+        if core is None:
+            raise KeyError(f"{nid} is down")
+        return core
 
     def up(self) -> list[str]:
         return [nid for nid, n in self.nodes.items() if n.core is not None]

@@ -260,8 +260,8 @@ class DiskStorage:
         """Keep ``snap`` and drop the log up to its index (rewriting the log file without that prefix)."""
         self._write_atomic("snapshot", [snap.index, snap.term, snap.data])
         k = snap.index + 1 - self._first
-        tail = os.pread(self._fd, self._end - self._offsets[k], self._offsets[k]) if 0 <= k < len(self._offsets) else b""
-        self._rewrite(tail, snap.index + 1)
+        keep = self._offsets[k] if 0 <= k < len(self._offsets) else self._end
+        self._rewrite(os.pread(self._fd, self._end - keep, keep), snap.index + 1)
 
     def _rewrite(self, records: bytes | memoryview, first: int) -> None:
         """Replace the log file by ``records`` (whole records, the first of index ``first``)."""

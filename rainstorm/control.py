@@ -357,6 +357,8 @@ class ControlService:
                 continue
             try:
                 out = await self._propose(cmd)
-                log.info("membership committed", extra={"alive": cmd["alive"], "moved": out.get("moved")})
+                log.info("membership committed", extra={"alive": ",".join(cmd["alive"])})
+                for task, old, new, epoch in out.get("moved", []):
+                    log.info("task moved", extra={"task": task, "from": old, "to": new, "epoch": epoch})
             except (_Again, ControlError) as exc:
                 log.info("membership not committed: %s", exc)

@@ -153,7 +153,7 @@ class Controller:
 
     def _members(self, c: dict[str, Any], index: int) -> dict[str, Any]:
         self.alive = sorted({str(n) for n in c["alive"]})
-        moved = 0
+        moved: list[list[Any]] = []      # [task, from, to, epoch]
         load = self._load()
         if load:
             live = set(self.alive)
@@ -164,7 +164,7 @@ class Controller:
                     a = run.assign[t]
                     if a.node not in live:
                         run.assign[t] = Assignment(self._pick(load), a.epoch + 1, a.restarts + 1)
-                        moved += 1
+                        moved.append([t, a.node, run.assign[t].node, a.epoch + 1])
         self._changed(index)
         return {"moved": moved}
 

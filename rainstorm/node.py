@@ -77,6 +77,7 @@ class Node:
         self._stop = asyncio.Event()
         self.rpc.register("node.info", self._info)
         self.rpc.register("node.members", self._members)
+        self.rpc.register("node.probe_rtt", self._probe_rtt)
 
     async def _info(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -93,6 +94,13 @@ class Node:
             # round trips of this node's acked direct probes: how close a busy peer comes to suspicion
             "probe_rtt": self.gossip.probe_delays(),
         }
+
+    async def _probe_rtt(self, args: dict[str, Any]) -> dict[str, float]:
+        """Round trips of this node's acked direct probes since the last ``reset`` (bench/control.py)."""
+        out = self.gossip.probe_delays()
+        if isinstance(args, dict) and args.get("reset"):
+            self.gossip.reset_probe_delays()
+        return out
 
     def roles(self) -> list[str]:
         c = self.control.info()

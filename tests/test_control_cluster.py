@@ -168,6 +168,7 @@ def test_every_node_answers_and_a_quorum_loss_says_why(make_cluster: Any, tmp_pa
         assert c.call(n["id"], "control.jobs") == []
     local.kill(c.dir, others[0])
     local.kill(c.dir, others[1])
+    time.sleep(3.0)   # the leader's lease (check-quorum: one election timeout) runs out
     # one voter of three left: no quorum; the request waits its bound, then one clear line
     t = time.monotonic()
     with pytest.raises(Exception, match="no controller leader within"):

@@ -137,8 +137,8 @@ def test_leader_crash_elects_another_and_keeps_every_acknowledged_entry(n: int) 
     run_until(sim, sim.leader, 3 * ET)  # a timeout (1-2 s), a pre-vote and a vote
     new = sim.leader()
     assert new is not None and new != old
-    assert all(sim.nodes[new].core.log.term(i) is not None or i <= sim.nodes[new].core.log.snap_index  # type: ignore[union-attr]
-               for i in sim.acked.values())
+    log = sim.core(new).log
+    assert all(i <= log.snap_index or log.term(i) is not None for i in sim.acked.values())
     sim.restart(old)
     settle(sim)
 
@@ -148,10 +148,9 @@ def test_isolated_leader_steps_down_and_the_majority_goes_on() -> None:
     sim.run_for(3 * ET)
     old = sim.leader()
     assert old is not None
-    term = sim.nodes[old].core.term  # type: ignore[union-attr]
+    term = sim.core(old).term
     sim.partition([[old]])
-    old_core = sim.nodes[old].core
-    assert old_core is not None
+    old_core = sim.core(old)
     run_until(sim, lambda: old_core.role is not LEADER, ET + CFG.heartbeat + 0.05)  # check-quorum
     sim.run_for(3 * ET)
     new = sim.leader()
@@ -170,16 +169,16 @@ def test_partitioned_follower_returns_without_disrupting() -> None:
     lead = sim.leader()
     assert lead is not None
     follower = next(x for x in sim.ids if x != lead)
-    terms = {x: sim.nodes[x].core.term for x in sim.ids}  # type: ignore[union-attr]
+    terms = {x: sim.core(x).term for x in sim.ids}
     sim.partition([[follower]])
     for k in range(100):
         sim.propose(b"x%d" % k)
         sim.run_for(0.2)
-    f = sim.nodes[follower].core
-    assert f is not None and f.stats["pre_campaigns"] >= 5 and f.term == terms[follower]
+    f = sim.core(follower)
+    assert f.stats["pre_campaigns"] >= 5 and f.term == terms[follower]
     sim.heal()
     sim.run_for(2 * ET)
-    assert sim.leader() == lead and {x: sim.nodes[x].core.term for x in sim.ids} == terms  # type: ignore[union-attr]
+    assert sim.leader() == lead and {x: sim.core(x).term for x in sim.ids} == terms
     assert f.role is FOLLOWER and f.stats["snapshots_installed"] >= 1  # caught up through a snapshot
     settle(sim)
 
@@ -216,7 +215,7 @@ def test_a_violation_is_caught() -> None:
     for k in range(5):
         sim.propose(b"z%d" % k)
     sim.run_for(0.5)
-    index, (term, data, digest) = max(sim.applied.items())
+    index, (term, _, digest) = max(sim.applied.items())
     sim.applied[index] = (term, b"other", digest)
     with pytest.raises(InvariantViolation):
         sim.crash(sim.ids[0])

@@ -64,7 +64,12 @@ def test_one_fsync_per_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     s = fresh(tmp_path)
     calls: list[int] = []
     real = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     s.save(Ready(entries=entries(1, 100)))
     assert len(calls) == 1
     s.save(Ready(HardState(0, None, 50), entries(101, 110)))  # commit only: still one
