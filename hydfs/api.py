@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_fixed
+
 from hydfs.cache import FileCache
 from hydfs.client import ClientCore, Result
 from hydfs.names import check_name
@@ -248,15 +250,13 @@ class Client:
             await self.refresh()
         if node_id not in self.addrs:
             raise HydfsError(f"{node_id} is not a live node")
-        deadline = self.clock() + self.timeout
-        while True:
-            try:
+        # a replica that just (re)joined vouches for its copy only once a primary confirmed it
+        async for attempt in AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, HydfsError)
+                                                                    and e.code == "not_ready"),
+                                           wait=wait_fixed(0.25), stop=stop_after_delay(self.timeout), reraise=True):
+            with attempt:
                 return await self._op(name, start)
-            except HydfsError as exc:
-                # a replica that just (re)joined vouches for its copy only once a primary confirmed it
-                if exc.code != "not_ready" or self.clock() > deadline:
-                    raise
-            await asyncio.sleep(0.25)
+        raise AssertionError("unreachable")   # pragma: no cover (tenacity returns or raises)
 
     async def merge(self, name: str) -> dict[str, Any]:
         return (await self._op(name, lambda now: self.core.merge(name, now))).reply

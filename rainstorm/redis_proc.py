@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis
 import redis.asyncio as aredis
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from rainstorm.config import NodeConfig
 
@@ -88,17 +89,17 @@ class RedisSupervisor:
         conf.write_text(self._conf())
         self.proc = subprocess.Popen([find_binary(), str(conf)], cwd=self.dir,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.redis_start_timeout
-        while loop.time() < deadline:
-            if self.proc.poll() is not None:
+        async def answered() -> int | None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.dir}/redis.log")
-            pid = await asyncio.to_thread(self._ping)
-            if pid is not None:
-                self.pid = pid
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            return await asyncio.to_thread(self._ping)
+
+        pid: int | None = await AsyncRetrying(retry=retry_if_result(lambda p: p is None), wait=wait_fixed(0.05),
+                                  stop=stop_after_delay(self.cfg.redis_start_timeout),
+                                  retry_error_callback=lambda _state: None)(answered)
+        if pid is None:
+            raise RuntimeError(f"redis-server did not answer on port {self.port}")
+        self.pid = pid
 
     async def start(self) -> None:
         pid = await asyncio.to_thread(self._ping)
