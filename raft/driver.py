@@ -60,7 +60,8 @@ class RaftNode:
         self.storage = storage
         self.state = state
         self.config = config
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(dict.fromkeys(
+            ["proposals", "committed", "terms", "snapshots", "sent", "dropped", "received", "malformed"], 0))
         self._core: RaftCore | None = None
         self._inbox: list[Message] = []
         self._proposals: list[tuple[bytes, asyncio.Future[Any]]] = []
@@ -109,6 +110,7 @@ class RaftNode:
             if not fut.done():
                 fut.set_exception(ProposalLost("raft node closed"))
         self._proposals.clear()
+        self._step_down()
         if idle:
             self.storage.close()
 
@@ -157,8 +159,8 @@ class RaftNode:
     async def propose(self, data: bytes, timeout: float) -> Any:
         """``state.apply``'s result for this entry once it is committed and applied here."""
         core = self.core
-        if core.role is not LEADER:
-            raise NotLeader(core.leader_id)
+        if self._closed or core.role is not LEADER:
+            raise NotLeader(None if self._closed else core.leader_id)
         if not data:
             raise ValueError("b'' is the leader's no-op; propose non-empty data")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -202,10 +204,7 @@ class RaftNode:
                 self.counters["failed"] += 1
                 self._closed = True
                 self._fail_waiting(ProposalLost("raft node stopped"))
-                self._seen = (Role.FOLLOWER, core.term, None)
-                for cb in list(self._subscribers):
-                    with contextlib.suppress(Exception):
-                        cb(*self._seen)
+                self._step_down()
 
     async def _turn(self, core: RaftCore, now: float) -> None:
         inbox, self._inbox = self._inbox, []
@@ -278,6 +277,16 @@ class RaftNode:
                 cb(*now)
             except Exception:
                 log.exception("raft %s: role callback failed", self.node_id)
+
+    def _step_down(self) -> None:
+        """A stopped node leads nothing: subscribers hear so once."""
+        if self._seen[0] is LEADER:
+            self._seen = (Role.FOLLOWER, self._seen[1], None)
+            for cb in list(self._subscribers):
+                try:
+                    cb(*self._seen)
+                except Exception:
+                    log.exception("raft %s: role callback failed", self.node_id)
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}

@@ -348,14 +348,22 @@ def test_malformed_messages_are_refused(bad: object) -> None:
         from_wire(bad)
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=5),
-                     lambda inner: st.lists(inner, max_size=12), max_leaves=40)
+_junk = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3) | st.binary(max_size=3)
+         | st.lists(st.integers() | st.binary(max_size=2), max_size=4))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_json, min_size=11, max_size=11) | _json)
-def test_from_wire_raises_only_malformed(obj: object) -> None:
+@given(st.sampled_from(list(MsgType)), st.integers(0, 13), _junk)
+def test_from_wire_raises_only_malformed(kind: MsgType, pos: int, junk: object) -> None:
+    """A valid message with one field (or one part of its entry or snapshot) replaced by anything."""
+    wire = Message(kind, "n0", "n1", 3, 2, 1, [Entry(3, 2, b"x")], 2, False, 0, Snapshot(1, 1, b"s")).to_wire()
+    if pos < 11:
+        wire[pos] = junk
+    elif pos < 13:
+        wire[6][0][pos - 11] = junk
+    else:
+        wire[10][2] = junk
     try:
-        from_wire(obj)
+        from_wire(wire)
     except MalformedMessage:
         pass
