@@ -31,3 +31,4 @@ class GossipConfig:
     leave_fanout: int = 3          # members told directly of a voluntary leave, per round
     leave_rounds: int = 2          # extra rounds (one per period) of that direct telling
     sync_every: int = 50           # every this many periods, swap a view sample with one member (0: never)
+    health_max: int = 4            # Lifeguard: probe windows stretch up to (1 + this) x while acks come late

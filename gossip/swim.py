@@ -382,6 +382,11 @@ class Swim:
         self.since = now
         self.stats: collections.Counter[str] = collections.Counter()
         self.probe_rtts: collections.deque[float] = collections.deque(maxlen=1024)   # direct probes acked
+        # Lifeguard's local health: acks that come back after we gave up on them say this node (or its
+        # peers) runs slow right now; probe windows stretch by (1 + health) until timely acks return.
+        # Lost datagrams never come back late, so loss alone does not stretch them.
+        self.health = 0
+        self._last_probe: tuple[int, str] | None = None   # (seq, target) of the probe that just ended
         self._members: dict[str, _Member] = {}
         self._alive = _IdSet()    # members in state ALIVE (helpers, fan-out, sync peers)
         self._failed = _IdSet()   # members in state FAILED (reconnect pings)
@@ -471,8 +476,9 @@ class Swim:
             if cfg.sync_every > 0 and self._probes % cfg.sync_every == self._sync_phase:
                 self._start_sync()
             self._start_probe(now)
-            nxt = self._next_probe + cfg.period
-            self._next_probe = nxt if nxt > now else now + cfg.period
+            period = cfg.period * (1 + self.health)
+            nxt = self._next_probe + period
+            self._next_probe = nxt if nxt > now else now + period
 
     def receive(self, src: str, msg: object, now: float) -> None:
         """Handle one decoded message from ``src``; malformed input is counted and ignored."""
@@ -621,7 +627,8 @@ class Swim:
             return
         seq = self._next_seq()
         cfg = self.config
-        self._probe = _Probe(m.node_id, m.inc, seq, now + cfg.ack_timeout, now + cfg.period, now)
+        k = 1 + self.health
+        self._probe = _Probe(m.node_id, m.inc, seq, now + cfg.ack_timeout * k, now + cfg.period * k, now)
         self._send(m.addr, {"t": "ping", "seq": seq, "to": m.node_id}, m.node_id)
 
     def _send_indirect(self, p: _Probe) -> None:
@@ -638,6 +645,7 @@ class Swim:
         p, self._probe = self._probe, None
         if p is None or p.acked:
             return
+        self._last_probe = (p.seq, p.target)
         if now - p.end > self.config.period / 2:
             self.stats["late_probe"] += 1  # we were stalled: the silence may be ours
             return
@@ -920,6 +928,13 @@ class Swim:
         if p is not None and p.seq == seq and p.target == of:
             p.acked = True
             self.probe_rtts.append(now - p.sent)   # how late a busy peer answers: the margin to suspicion
+            if now - p.sent <= self.config.ack_timeout and self.health:
+                self.health -= 1                   # a timely direct ack: back toward normal windows
+            return
+        if self._last_probe == (seq, of):          # the ack of a probe we already gave up on
+            self._last_probe = None
+            self.health = min(self.config.health_max, self.health + 1)
+            self.stats["late_ack"] += 1
             return
         check = self._checks.get(seq)
         if check is not None and check[0] == of:

@@ -35,6 +35,7 @@ class NodeConfig:
     redis_start_timeout: float = 10.0   # give up if redis does not answer within this
     leave_linger: float = 0.6           # keep gossiping this long after a graceful leave
     rpc_timeout: float = 5.0
+    gil_switch: float = 0.0005          # sys.setswitchinterval: how soon the gossip thread gets the GIL back
 
 
 @dataclass
