@@ -50,7 +50,7 @@ from rainstorm.controller import RUNNING, Controller
 from rainstorm.stream.channels import Message as TaskMessage
 from rainstorm.stream.operators import Operator
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
-from rainstorm.stream.records import CommitRecord, FenceRecord, decode_record
+from rainstorm.stream.sim import check_logs
 from rainstorm.stream.source import lines_file
 from rainstorm.stream.stores import MemoryInboxStore, MemoryLogStore, MemorySource, OutOfOrder
 from rainstorm.stream.task import Effect, Send, Task, TaskConfig, complete, execute
@@ -588,18 +588,7 @@ class SystemSim:
     def check(self) -> list[str]:
         problems = list(self.problems)
         if self.submitted is not None:
-            key = self.submitted["key"]
-            plan = self._plan(key)
-            for ref in plan.tasks():
-                fence = -1
-                for index, data in self.logs.entries(plan.log_name(ref)):
-                    rec = decode_record(data)
-                    if isinstance(rec, FenceRecord):
-                        fence = max(fence, rec.epoch)
-                        continue
-                    assert isinstance(rec, CommitRecord)
-                    if rec.epoch < fence:
-                        problems.append(f"{ref}: record {index} of epoch {rec.epoch} after fence {fence}")
+            problems += check_logs(self._plan(self.submitted["key"]), self.logs)[0]
         return problems
 
     def describe(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from rainstorm import cluster as local
 from rainstorm.errors import UserError
 from tests.conftest import LocalCluster, wait_for
 from tests.test_stream_cluster import _check, _job, _submit, _wait_done, cluster  # noqa: F401
+from tests.test_stream_load import _gossip
 
 pytestmark = pytest.mark.cluster
 
@@ -55,14 +56,6 @@ def _new_leader(c: LocalCluster, old: str, timeout: float = 20.0) -> str:
 
     wait_for(elected, timeout, f"a controller leader other than {old}", step=0.1)
     return found[-1]
-
-
-def _gossip(c: LocalCluster) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for n in c.data["nodes"]:
-        for k, v in c.call(n["id"], "node.info")["gossip"].items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def test_sigkill_the_leader_mid_job_then_restart_it(cluster: LocalCluster) -> None:  # noqa: F811

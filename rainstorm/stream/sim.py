@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rainstorm.stream.operators import Operator
-from rainstorm.stream.plan import TaskRef, build_plan
+from rainstorm.stream.plan import Plan, TaskRef, build_plan
 from rainstorm.stream.records import CommitRecord, FenceRecord, decode_record
 from rainstorm.stream.source import lines_file
 from rainstorm.stream.stores import MemoryInboxStore, MemoryLogStore, MemorySource, OutOfOrder
@@ -121,6 +121,30 @@ class SimResult:
     output: list[bytes]
     dead: list[bytes]
     stats: Counter[str]
+
+
+def check_logs(plan: Plan, logs: MemoryLogStore) -> tuple[list[str], dict[tuple[str, int, int], bytes]]:
+    """The task logs' invariants (no commit record of an epoch below a fence before it; no output
+    sequence number assigned twice), and every output batch by (consumer task, producer part, seq).
+    The whole-system simulator checks the same."""
+    problems: list[str] = []
+    produced: dict[tuple[str, int, int], bytes] = {}
+    for ref in plan.tasks():
+        fence = -1
+        for index, data in logs.entries(plan.log_name(ref)):
+            rec = decode_record(data)
+            if isinstance(rec, FenceRecord):
+                fence = max(fence, rec.epoch)
+                continue
+            assert isinstance(rec, CommitRecord)
+            if rec.epoch < fence:
+                problems.append(f"{ref}: record {index} of epoch {rec.epoch} after fence {fence}")
+            for q, seq, payload, _ in rec.outputs:
+                key = (plan.task_name((ref[0] + 1, q)), ref[1], seq)
+                if key in produced:
+                    problems.append(f"{ref}: seq {seq} to {q} assigned twice")
+                produced[key] = payload
+    return problems, produced
 
 
 def _point(eff: Effect) -> str:
@@ -377,23 +401,7 @@ class JobSim:
 
     def check(self) -> list[str]:
         """Violations of the invariants that hold after any run (empty = fine)."""
-        problems: list[str] = []
-        produced: dict[tuple[str, int, int], bytes] = {}   # (consumer task, producer part, seq) -> payload
-        for ref in self.refs:
-            fence = -1
-            for index, data in self.logs.entries(self.plan.log_name(ref)):
-                rec = decode_record(data)
-                if isinstance(rec, FenceRecord):
-                    fence = max(fence, rec.epoch)
-                    continue
-                assert isinstance(rec, CommitRecord)
-                if rec.epoch < fence:
-                    problems.append(f"{ref}: record {index} of epoch {rec.epoch} after fence {fence}")
-                for q, seq, payload, _ in rec.outputs:
-                    key = (self.plan.task_name((ref[0] + 1, q)), ref[1], seq)
-                    if key in produced:
-                        problems.append(f"{ref}: seq {seq} to {q} assigned twice")
-                    produced[key] = payload
+        problems, produced = check_logs(self.plan, self.logs)
         for store in self.redis:
             for task, channel, seq, payload in store.history:
                 if produced.get((task, channel, seq)) != payload:
