@@ -132,7 +132,8 @@ async def _views(client: RpcClient, addrs: list[str]) -> dict[str, list[dict[str
 
 
 def wait_converged(cluster: dict[str, Any], expect_alive: set[str], timeout: float) -> dict[str, Any]:
-    """Wait until every node in ``expect_alive`` sees exactly those ids alive; returns node infos."""
+    """Wait until every node in ``expect_alive`` sees exactly those ids alive and names one controller
+    leader (so a job can be submitted at once); returns node infos."""
     addr = {n["id"]: n["address"] for n in cluster["nodes"]}
 
     async def body(client: RpcClient) -> dict[str, Any]:
@@ -143,10 +144,12 @@ def wait_converged(cluster: dict[str, Any], expect_alive: set[str], timeout: flo
                      for v in views.values())
             if ok:
                 infos = await asyncio.gather(*(_info(client, addr[i]) for i in sorted(expect_alive)))
-                return {i["id"]: i for i in infos if i}
+                leaders = {(i.get("controller") or {}).get("leader") for i in infos if i}
+                if all(infos) and len(leaders) == 1 and None not in leaders:
+                    return {i["id"]: i for i in infos if i}
             if time.monotonic() > deadline:
                 bad = sorted(i for i in expect_alive if views[addr[i]] is None)
-                raise UserError(f"cluster did not converge in {timeout:g}s"
+                raise UserError(f"cluster did not converge (members and a controller leader) in {timeout:g}s"
                                 + (f"; not answering: {', '.join(bad)}" if bad else "")
                                 + f" (logs in {Path(cluster['dir']).resolve()})")
             await asyncio.sleep(0.1)
