@@ -87,7 +87,7 @@ class Probe:
             return None
 
     def job(self, name: str) -> dict[str, Any] | None:
-        """What `rainstorm status NAME --json` prints (the leader's ``leader.jobs`` row)."""
+        """What `rainstorm status NAME --json` prints (the controller's ``control.jobs`` row, latest run)."""
         for j in [j for j in self.call(LEADER, "control.jobs") or [] if j.get("latest")]:
             if j["name"] == name:
                 return dict(j)
