@@ -164,11 +164,13 @@ def test_admission_refuses_and_a_wide_job_trips_no_detector(cluster: LocalCluste
 
 
 def test_every_node_answers_and_a_quorum_loss_says_why(make_cluster: Any, tmp_path: Path) -> None:
-    c = make_cluster(3)
+    c = make_cluster(4)                      # 3 voters (node-1..3) and node-4, which only forwards
+    assert c.data["voters"] == ["node-1", "node-2", "node-3"]
     lead = c.leader()
-    others = [n["id"] for n in c.data["nodes"] if n["id"] != lead]
-    for n in c.data["nodes"]:   # any node: served by the leader (forwarded)
+    for n in c.data["nodes"]:   # any node, the non-voter included: served by the leader (forwarded)
         assert c.call(n["id"], "control.jobs") == []
+    assert c.call("node-4", "node.info")["controller"]["leader"] == lead
+    others = [v for v in c.data["voters"] if v != lead]
     local.kill(c.dir, others[0])
     local.kill(c.dir, others[1])
     time.sleep(3.0)   # the leader's lease (check-quorum: one election timeout) runs out
