@@ -251,12 +251,10 @@ class Client:
         if node_id not in self.addrs:
             raise HydfsError(f"{node_id} is not a live node")
         # a replica that just (re)joined vouches for its copy only once a primary confirmed it
-        async for attempt in AsyncRetrying(retry=retry_if_exception(lambda e: isinstance(e, HydfsError)
-                                                                    and e.code == "not_ready"),
-                                           wait=wait_fixed(0.25), stop=stop_after_delay(self.timeout), reraise=True):
-            with attempt:
-                return await self._op(name, start)
-        raise AssertionError("unreachable")   # pragma: no cover (tenacity returns or raises)
+        result: Result = await AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, HydfsError) and e.code == "not_ready"),
+            wait=wait_fixed(0.25), stop=stop_after_delay(self.timeout), reraise=True)(self._op, name, start)
+        return result
 
     async def merge(self, name: str) -> dict[str, Any]:
         return (await self._op(name, lambda now: self.core.merge(name, now))).reply

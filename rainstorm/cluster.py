@@ -171,8 +171,7 @@ def up(directory: Path, nodes: int, cfg: Config) -> dict[str, Any]:
     ids = [f"node-{i + 1}" for i in range(nodes)]
     cluster: dict[str, Any] = {"version": 2, "dir": str(directory.resolve()), "secret": secret,
                                "voters": local_voters(ids, cfg.control.voters), "nodes": []}
-    for i in range(nodes):
-        nid = f"node-{i + 1}"
+    for i, nid in enumerate(ids):
         data = directory.resolve() / nid
         data.mkdir(parents=True, exist_ok=True)
         cluster["nodes"].append({"id": nid, "address": f"{cc.host}:{ports[i]}", "redis_port": rports[i],
@@ -223,6 +222,7 @@ def status(directory: Path) -> list[dict[str, Any]]:
         rows = []
         for n, info in zip(cluster["nodes"], infos, strict=True):
             running = _is_ours(n.get("pid"), _node_marker(n))
+            ctl = (info or {}).get("controller") or {}
             rows.append({
                 "id": n["id"], "address": n["address"],
                 "pid": n.get("pid") if running else None,
@@ -233,8 +233,7 @@ def status(directory: Path) -> list[dict[str, Any]]:
                 "membership": view.get(n["id"], "unknown"),
                 "roles": (info or {}).get("roles", []),
                 # this node's view of the controller: who leads, in which term
-                "leader": ((info or {}).get("controller") or {}).get("leader"),
-                "term": ((info or {}).get("controller") or {}).get("term"),
+                "leader": ctl.get("leader"), "term": ctl.get("term"),
                 "disk": (info or {}).get("hydfs", {}).get("disk"),
             })
         return rows

@@ -89,6 +89,13 @@ def members_command(alive: list[str], core: Controller) -> dict[str, Any] | None
     return None if view == core.alive else {"op": "members", "alive": view}
 
 
+def submit_commands(a: dict[str, Any], alive: list[str], core: Controller, limit: int) -> list[dict[str, Any]]:
+    """A submit's commands: the leader's gossip view first if it is not committed yet (a leader just
+    elected places on what gossip sees now, not on nothing), then the submit itself."""
+    view = members_command(alive, core)
+    return [*([view] if view is not None else []), command("submit", a, limit)]
+
+
 class _Again(Exception):
     """No leader right now (election, forwarding raced a change): try again until the deadline."""
 
@@ -211,16 +218,13 @@ class ControlService:
         bound = self.cfg.request_timeout if timeout is None else timeout
         deadline = time.monotonic() + bound
         try:
-            async for attempt in AsyncRetrying(retry=retry_if_exception_type(_Again), reraise=True,
-                                               wait=wait_exponential(multiplier=0.05, max=0.5),
-                                               stop=stop_after_delay(bound)):
-                with attempt:
-                    return await self._once(name, args, deadline)
+            return await AsyncRetrying(retry=retry_if_exception_type(_Again), reraise=True,
+                                       wait=wait_exponential(multiplier=0.05, max=0.5),
+                                       stop=stop_after_delay(bound))(self._once, name, args, deadline)
         except _Again as exc:
             voters = ", ".join(self.voters) or "none configured"
             raise ControlError(NO_LEADER, f"no controller leader within {bound:g}s ({exc}; voters: {voters}); "
                                           "an election is under way or a quorum of voters is down") from None
-        raise AssertionError("unreachable")   # pragma: no cover (tenacity either returns or raises)
 
     async def _once(self, name: str, args: dict[str, Any], deadline: float) -> Any:
         if self.leads():
@@ -273,9 +277,9 @@ class ControlService:
 
     # -- what the leader serves --------------------------------------------------------------------
     async def _submit(self, a: dict[str, Any]) -> Any:
-        cmd = command("submit", a, self.cfg.max_tasks_per_node)
-        view = members_command([m.node_id for m in self.membership.alive()], self.core)
-        if view is not None:   # a leader just elected: place on what gossip sees now, not on nothing
+        *first, cmd = submit_commands(a, [m.node_id for m in self.membership.alive()], self.core,
+                                      self.cfg.max_tasks_per_node)
+        for view in first:
             await self._propose(view)
         out = await self._propose(cmd)
         log.info("job submitted", extra={"job": out.get("name"), "run": out.get("run"), "tasks": len(out["assign"])})

@@ -45,7 +45,7 @@ from raft.config import RaftConfig
 from raft.core import LEADER, NotLeader, RaftCore
 from raft.messages import Entry, Message
 from raft.storage import MemoryStorage
-from rainstorm.control import command, members_command
+from rainstorm.control import command, members_command, submit_commands
 from rainstorm.controller import RUNNING, Controller
 from rainstorm.stream.channels import Message as TaskMessage
 from rainstorm.stream.operators import Operator
@@ -106,7 +106,6 @@ class Inst:
     node: int
     life: int
     crashed: bool = False
-    reported: bool = False
 
 
 @dataclass(eq=False)
@@ -413,12 +412,12 @@ class SystemSim:
         if method == "table":
             self._reply(n, client, rid, True, n.machine.table())
             return
-        if method == "submit":   # as ControlService does: place on what gossip sees now
-            assert n.swim is not None
-            view = members_command([m.node_id for m in n.swim.alive()], n.machine)
-            if view is not None:
-                self._propose(n, view, None)
-        if not self._propose(n, command(method, args, self.limit), (src, rid)):
+        assert n.swim is not None
+        cmds = (submit_commands(args, [m.node_id for m in n.swim.alive()], n.machine, self.limit)
+                if method == "submit" else [command(method, args, self.limit)])
+        for view in cmds[:-1]:
+            self._propose(n, view, None)
+        if not self._propose(n, cmds[-1], (src, rid)):
             self._reply(n, client, rid, False, None)
 
     def _reply(self, n: SimNode, dst: SimNode, rid: int, ok: bool, value: Any) -> None:
@@ -530,16 +529,11 @@ class SystemSim:
         w = n.worker
         assert w is not None
         t = inst.task
-        if t.done and not inst.reported:
-            inst.reported = True
-            w.report(inst.run, inst.ref, inst.epoch, "done")
-        if not t.alive and not inst.crashed:
+        if w.after_step(inst.run, inst.ref, inst.epoch, t.done, t.alive, t.why) == "died":
             inst.crashed = True
             self.stats["died_" + (t.cause.value if t.cause else "unknown")] += 1
             if n.instances.get((inst.run, inst.ref)) is inst:
                 del n.instances[(inst.run, inst.ref)]
-            w.ended(inst.run, inst.ref, inst.epoch)
-            w.report(inst.run, inst.ref, inst.epoch, "died", t.why)
 
     def _route(self, n: SimNode, inst: Inst, eff: Send) -> None:
         w = n.worker

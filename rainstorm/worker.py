@@ -87,7 +87,6 @@ class Instance:
     task: Task
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
-    reported: bool = False
     reader: RangeReader | None = None
     clock: float = 0.0          # time.time() - time.monotonic() at launch: task times as wall times
 
@@ -320,19 +319,17 @@ class Worker:
         try:
             while True:
                 self._dispatch(inst, t.take_effects(), inflight)
-                if t.done and not inst.reported:
-                    inst.reported = True
-                    self._reported(inst.job, inst.ref, inst.epoch, "done", stats=self._task_stats(inst))
+                cause = t.cause.value if t.cause else "unknown"
+                said = self.core.after_step(inst.job, inst.ref, inst.epoch, t.done, t.alive, f"{cause}: {t.why}",
+                                            lambda: self._task_stats(inst))
+                if said == "done":
+                    self._report_kick.set()
                     log.info("task finished", extra={"task": t.name, "epoch": inst.epoch})
-                if not t.alive:
-                    # whatever the cause, the controller hears of it and runs the task at a new epoch
-                    # (a fenced zombie's report names a stale epoch and changes nothing)
-                    cause = t.cause.value if t.cause else "unknown"
+                elif said == "died":
+                    self._report_kick.set()
                     log.warning("task instance died", extra={"task": t.name, "cause": cause, "why": t.why})
                     if self.instances.get((inst.job, inst.ref)) is inst:
                         del self.instances[(inst.job, inst.ref)]
-                    self.core.ended(inst.job, inst.ref, inst.epoch)
-                    self._reported(inst.job, inst.ref, inst.epoch, "died", f"{cause}: {t.why}")
                     return
                 inst.wake.clear()
                 wait = min(self.cfg.tick, t.wake_at - time.monotonic())

@@ -14,6 +14,7 @@ the rules below are exercised under simulated crashes, partitions and message lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,7 @@ class WorkerCore:
         self.running: dict[Key, int] = {}            # instances alive here: epoch
         self.launched: set[tuple[str, TaskRef, int]] = set()
         self.plans: set[str] = set()                 # runs whose plan is loaded (or loading)
+        self.finished: set[tuple[str, TaskRef, int]] = set()   # instances whose "done" is reported
         self.reports: dict[tuple[str, str, int, str], dict[str, Any]] = {}
 
     # -- hello -----------------------------------------------------------------------------------
@@ -91,6 +93,7 @@ class WorkerCore:
                 self.launched.add((*key, epoch))
                 d.launch.append(Launch(key[0], key[1], epoch))
         self.launched = {x for x in self.launched if x[0] in running_runs}
+        self.finished = {x for x in self.finished if x[0] in running_runs}
         keep = running_runs | {k[0] for k in self.running}
         d.drop_plans = sorted(self.plans - keep)
         self.plans &= keep
@@ -114,6 +117,23 @@ class WorkerCore:
     def ended(self, run: str, ref: TaskRef, epoch: int) -> None:
         if self.running.get((run, ref)) == epoch:
             del self.running[(run, ref)]
+
+    def after_step(self, run: str, ref: TaskRef, epoch: int, done: bool, alive: bool, why: str = "",
+                   stats: Callable[[], dict[str, Any]] | None = None) -> str | None:
+        """What an instance's state after a step means: ``done`` is reported once; a dead instance,
+        whatever killed it, is no longer running here and is reported ``died`` (a fenced zombie's
+        report names a stale epoch and changes nothing). Returns the status reported, if any."""
+        key = (run, ref, epoch)
+        if not alive:
+            self.ended(run, ref, epoch)
+            self.finished.discard(key)
+            self.report(run, ref, epoch, "died", why)
+            return "died"
+        if done and key not in self.finished:
+            self.finished.add(key)
+            self.report(run, ref, epoch, "done", None, stats() if stats else None)   # final counters
+            return "done"
+        return None
 
     # -- reports ---------------------------------------------------------------------------------
     def report(self, run: str, ref: TaskRef, epoch: int, status: str, error: str | None = None,

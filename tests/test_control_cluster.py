@@ -110,7 +110,7 @@ def test_sigstop_the_leader_it_must_not_act_once_woken(cluster: LocalCluster) ->
     time.sleep(1.0)
     os.kill(pid, signal.SIGSTOP)
     try:
-        new = _new_leader(cluster, old)
+        _new_leader(cluster, old)
         time.sleep(10.0 - 1.0)
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -118,8 +118,9 @@ def test_sigstop_the_leader_it_must_not_act_once_woken(cluster: LocalCluster) ->
     # forwarded to the new leader) and it learns the new term at the next message
     info = cluster.call(old, "node.info")
     assert not info["controller"]["leading"], info["controller"]
-    assert cluster.call(old, "control.leader")["leader"] in (old, new)
-    wait_for(lambda: cluster.call(old, "node.info")["controller"]["leader"] != old, 10, "the old leader to step down")
+    assert any(j["name"] == "filter-ls-filter" for j in cluster.control("jobs"))   # the new leader answers
+    wait_for(lambda: cluster.call(old, "node.info")["controller"]["leader"] not in (None, old), 10,
+             "the old leader to follow")
     for job in ("filter", "count"):
         _wait_done(cluster, f"{job}-ls-{job}")
         _check(cluster, job, f"ls-{job}")
@@ -147,11 +148,8 @@ def test_admission_refuses_and_a_wide_job_trips_no_detector(cluster: LocalCluste
     before = _gossip(cluster)
     submit_job(cluster.jobs / "count.py", "signs", "wide", 40, "wide", {}, None, None, cluster.dir)
     assert len(_job(cluster, "wide")["tasks"]) == 80
-    t = time.monotonic()
-    stopped: dict[str, Any] = {}
-    # while 80 tasks start and run, the front door answers
-    wait_for(lambda: cluster.control("jobs") is not None, 5, "jobs to answer")
-    stopped["jobs_s"] = time.monotonic() - t
+    # while 80 tasks start and run, the front door answers (its latency: bench/control.py)
+    assert any(len(j["tasks"]) == 80 for j in cluster.control("jobs"))
     _wait_done(cluster, "wide", timeout=120)
     _check(cluster, "count", "wide")
     after = _gossip(cluster)
