@@ -66,6 +66,7 @@ class WorkerConfig:
     source_page: int = 1 << 20                   # bytes per ranged read of a source file
     follow_refresh: float = 0.2                  # a following source looks for appended bytes this often
     start_retry: float = 20.0                    # a start retries HyDFS errors this long, then is reported dead
+    forget_wait: float = 5.0                     # an ended run's stopped instance gets this long to finish its writes
 
     def task_config(self, spec: dict[str, Any]) -> TaskConfig:
         """A job's task settings: this node's batching, the job's pacing and its block size (which every
@@ -188,12 +189,15 @@ class Worker:
             await self._apply(self.core.on_table(table))
 
     async def _apply(self, d: Decisions) -> None:
+        stopped: dict[Key, asyncio.Task[None]] = {}
         for key in d.stop:
             inst = self.instances.get(key)
             if inst is not None:
                 self._stop(inst)
-                if key in d.forget:
-                    await self._forget(inst)
+                if inst.runner is not None:
+                    stopped[key] = inst.runner
+        for key in d.forget:
+            self._spawn(self._forget(key, stopped.get(key)))
         for run in d.drop_plans:
             self.plans.pop(run, None)   # an ended run's plan (its operators, their state) is not kept
         for run in d.preload:
@@ -275,14 +279,19 @@ class Worker:
             inst.runner.cancel()   # its finally closes the reader
         log.info("task stopped", extra={"task": inst.task.name, "epoch": inst.epoch})
 
-    async def _forget(self, inst: Instance) -> None:
-        """The run is over: its task's Redis keys (inbox, marks, caches) go; the HyDFS log stays."""
-        k = keys(inst.task.name)
+    async def _forget(self, key: Key, runner: asyncio.Task[None] | None) -> None:
+        """The run is over: its task's Redis keys (inbox, marks, caches) go; the HyDFS log stays.
+        The stopped instance's runner ends first (it waits for its in-flight store calls), so no
+        write of its lands after the delete and leaves a key behind."""
+        name = task_name(*key)
+        if runner is not None:
+            await asyncio.wait([runner], timeout=self.cfg.forget_wait)
+        k = keys(name)
         try:
             stale = [key async for key in self.inbox.r.scan_iter(match=k["out"] + "*")]
             await self.inbox.r.delete(*[v for n, v in k.items() if n != "out"], *stale)
         except aredis.RedisError as exc:
-            log.warning("could not clean up redis keys", extra={"task": inst.task.name, "error": str(exc)})
+            log.warning("could not clean up redis keys", extra={"task": name, "error": str(exc)})
 
     # -- reports ---------------------------------------------------------------------------------
     def _reported(self, run: str, ref: TaskRef, epoch: int, status: str, error: str | None = None,
@@ -342,6 +351,8 @@ class Worker:
         finally:
             for f in inflight:
                 f.cancel()
+            if inflight:   # a store call already sent still lands: wait for it (see _forget)
+                await asyncio.wait(list(inflight), timeout=self.cfg.forget_wait)
             if inst.reader is not None:
                 inst.reader.close()
 

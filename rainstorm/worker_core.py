@@ -33,7 +33,7 @@ class Launch:
 @dataclass
 class Decisions:
     stop: list[Key]              # instances to stop (their epoch or node changed, or the run ended)
-    forget: list[Key]            # ...of runs that ended: their node-local state (Redis keys) can go
+    forget: list[Key]            # instances that ran here, of runs that ended: their Redis keys can go
     launch: list[Launch]
     drop_plans: list[str]        # runs no longer running: their loaded plans go
     preload: list[str]           # running runs whose plan this node should load ahead
@@ -58,6 +58,7 @@ class WorkerCore:
         self.launched: set[tuple[str, TaskRef, int]] = set()
         self.plans: set[str] = set()                 # runs whose plan is loaded (or loading)
         self.finished: set[tuple[str, TaskRef, int]] = set()   # instances whose "done" is reported
+        self.hosted: set[Key] = set()                # tasks that ran here in a run not yet ended (any epoch)
         self.reports: dict[tuple[str, str, int, str], dict[str, Any]] = {}
 
     # -- hello -----------------------------------------------------------------------------------
@@ -86,8 +87,10 @@ class WorkerCore:
             if want.get(key) != epoch:
                 d.stop.append(key)
                 del self.running[key]
-                if key[0] not in running_runs:
-                    d.forget.append(key)
+        # every task that ran here, alive or not (it died, or moved away), leaves Redis keys: they
+        # go when its run ends, whatever became of the instance
+        d.forget = sorted(k for k in self.hosted if k[0] not in running_runs)
+        self.hosted -= set(d.forget)
         for key, epoch in want.items():
             if key not in self.running and (*key, epoch) not in self.launched:
                 self.launched.add((*key, epoch))
@@ -112,6 +115,7 @@ class WorkerCore:
         if not self.wanted(run, ref, epoch) or (run, ref) in self.running:
             return False
         self.running[(run, ref)] = epoch
+        self.hosted.add((run, ref))
         return True
 
     def ended(self, run: str, ref: TaskRef, epoch: int) -> None:

@@ -181,7 +181,16 @@ def test_failure_free(cluster: LocalCluster) -> None:
             r.close()
         return out
 
-    wait_for(lambda: not leftovers(), 10, "the finished jobs' Redis keys to be removed", step=0.3)
+    left: list[bytes] = []
+
+    def clean() -> bool:
+        left[:] = leftovers()
+        return not left
+
+    try:
+        wait_for(clean, 10, "the finished jobs' Redis keys to be removed", step=0.3)
+    except AssertionError as exc:   # name the keys: which task, which node's kind of key
+        raise AssertionError(f"{exc}; left: {sorted(left)[:8]}") from None
 
 
 def test_sigkill_one_worker(cluster: LocalCluster) -> None:
