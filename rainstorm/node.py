@@ -25,6 +25,7 @@ from hydfs.api import Client
 from hydfs.server import HydfsServer
 from net.rpc import RpcClient, RpcServer, split_addr
 from net.wire import derive_key
+from rainstorm.committed_view import CommittedView
 from rainstorm.config import Config
 from rainstorm.control import ControlService
 from rainstorm.redis_proc import RedisSupervisor, redis_password
@@ -70,7 +71,9 @@ class Node:
         self.redis = RedisSupervisor(self.host, spec.redis_port, redis_password(spec.secret, spec.node_id),
                                      spec.data_dir, spec.config.node)
         self.rpc_client = RpcClient(key)
-        self.hydfs = HydfsServer(spec.node_id, spec.data_dir, self.rpc, self.rpc_client, self.gossip,
+        # HyDFS acts on what the controller committed, not on this node's gossip (rainstorm/committed_view.py)
+        self.view = CommittedView(self.gossip) if spec.config.control.hydfs_view == "committed" else None
+        self.hydfs = HydfsServer(spec.node_id, spec.data_dir, self.rpc, self.rpc_client, self.view or self.gossip,
                                  config=spec.config.hydfs)
         self.dfs = Client(self.rpc_client, [spec.bind])
         self.control = ControlService(spec.node_id, spec.config.control, self.rpc, self.rpc_client, self.gossip,
@@ -90,6 +93,8 @@ class Node:
             "redis_pid": self.redis.pid, "redis_port": self.spec.redis_port,
             "redis_restarts": self.redis.restarts, "roles": self.roles(),
             "controller": self.control.info(),
+            # the live set HyDFS acts on: the controller's committed one (None: the node's gossip view)
+            "hydfs_view": list(self.view.ids) if self.view is not None else None,
             "tasks": len(self.worker.instances) if self.worker is not None else 0,   # instances running here
             # bad MAC / version / size over UDP and TCP, plus well-signed gossip that fails its schema
             "dropped_frames": {**self.rpc.stats, "gossip_schema": self.gossip.swim.stats["schema"]},
@@ -130,7 +135,7 @@ class Node:
         await self.control.start()
         self.worker = Worker(self.spec.node_id, self.rpc, self.rpc_client, self.dfs, self.redis.client(),
                              self.gossip, self.control, self.spec.config.worker,
-                             local_read=self.hydfs.local_range)
+                             local_read=self.hydfs.local_range, view=self.view)
         await self.worker.start()
 
     def request_stop(self) -> None:

@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from gossip.transport import GossipNode
 from hydfs.api import Client, HydfsError
 from net.rpc import RpcClient, RpcError, RpcServer, Unreachable
+from rainstorm.committed_view import CommittedView
 from rainstorm.control import ControlError, ControlService
 from rainstorm.hydfs_log import HydfsLogStore
 from rainstorm.redis_inbox import RedisInboxStore, keys
@@ -105,7 +106,8 @@ class _Source:
 class Worker:
     def __init__(self, node_id: str, rpc: RpcServer, rpc_client: RpcClient, hydfs: Client,
                  redis_client: aredis.Redis, membership: GossipNode, control: ControlService,
-                 config: WorkerConfig | None = None, local_read: LocalRead | None = None) -> None:
+                 config: WorkerConfig | None = None, local_read: LocalRead | None = None,
+                 view: CommittedView | None = None) -> None:
         self.node_id = node_id
         self.core = WorkerCore(node_id, uuid.uuid4().hex)   # the boot id names this process (see hello)
         self.local_read = local_read
@@ -116,6 +118,7 @@ class Worker:
         self.inbox = RedisInboxStore(redis_client, max_len=self.cfg.inbox_max)
         self.membership = membership
         self.control = control
+        self.view = view       # HyDFS's membership: the live set of each table the controller sends
         self.instances: dict[Key, Instance] = {}    # (run key, task) -> its instance here
         self.plans: dict[str, tuple[Plan, TaskConfig]] = {}
         self._bg: set[asyncio.Task[Any]] = set()
@@ -186,6 +189,8 @@ class Worker:
                 log.info("no table from the controller: %s", exc)
                 await asyncio.sleep(0.25)
                 continue
+            if self.view is not None:
+                self.view.learn(table.get("alive", []), table["version"])
             await self._apply(self.core.on_table(table))
 
     async def _apply(self, d: Decisions) -> None:
