@@ -161,6 +161,9 @@ class NodeCore:
             if t in CLIENT_TYPES:
                 self.send(src, reply(m["rid"], IO_ERROR, primary=self.node_id))
             elif t == "append":  # tell the primary, so its waiting clients hear why, not a timeout
+                # ...which may then drop us from the in-sync set without our persisting it: from now
+                # on we vouch for nothing about this file until a primary gives us its set again
+                self.vol(m["f"]).trusted = False
                 self.send(src, replica.io_nack(self, m))
 
     # ----------------------------------------------------------------- Host (for replica / primary)

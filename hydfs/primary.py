@@ -407,7 +407,12 @@ class FilePrimary:
             self.h.storage.truncate(self.name, 0)
             meta.created, meta.deleted = self.created, None
         self.h.storage.put_meta(self.name, meta)
-        self.h.vol(self.name).trusted = True
+        # A change is not in effect until the others persisted it: should we step down before that (a
+        # higher term answered), our own copy of it must not vouch in our next takeover, or a set of
+        # ourselves alone that never took effect would let us adopt our log without hearing the others
+        # (the system simulator's partition schedules found this: a primary healed from a cut proposed
+        # {itself}, was refused, and then truncated what the majority had acknowledged meanwhile).
+        self.h.vol(self.name).trusted = kind != "change"
         self.pending = PendingCfg(ver, isr, need, one_of, kind, op=op)
         for x in sorted(need | (one_of or set())):
             self._send_set_isr(x, self.pending, now)
@@ -438,6 +443,7 @@ class FilePrimary:
             return
         self.pending = None
         self.ver, self.isr = p.ver, p.isr
+        self.h.vol(self.name).trusted = True
         self.h.note("isr", file=self.name, term=self.term, kind=p.kind, isr=",".join(p.isr), last=self.last)
         for x in p.isr:
             if x in self.peers:
@@ -469,7 +475,14 @@ class FilePrimary:
         alive = self.h.is_alive
         owners = set(self._targets())
         isr = set(self.isr)
-        dead = {x for x in isr if x != self.me and (not alive(x) or self._failing(x, now))}
+        # Who may leave without persisting the new set: a member the membership layer (the controller's
+        # committed view) declared failed, and one that answered it could not write, which stopped
+        # vouching for the file before it said so. A member that is only slow or silent must persist
+        # its own removal, or it could later vouch for the old set in a takeover: a primary cut off
+        # from its replicas would otherwise drop them for lag, acknowledge appends alone, and lose
+        # them to the majority's takeover (docs/partitions.md).
+        gone = {x for x in isr if x != self.me and (not alive(x) or self._io_failed(x))}
+        dead = gone | {x for x in isr if x != self.me and self._failing(x, now)}
         new: set[str] | None = None
         if dead:
             new = isr - dead
@@ -483,7 +496,7 @@ class FilePrimary:
                     new = isr - extra
         if new is None:
             return
-        need = {x for x in isr | new if x != self.me and alive(x) and x not in dead}
+        need = {x for x in isr | new if x != self.me and alive(x) and x not in gone}
         self._start_cfg(tuple(sorted(new | {self.me})), need, "change", now)
 
     def _refresh_isr(self, x: str, p: Peer, now: float) -> None:
@@ -611,11 +624,15 @@ class FilePrimary:
 
     def _failing(self, x: str, now: float) -> bool:
         """A live in-sync member that cannot keep up: it could not write, or it is behind and has not
-        advanced for ``lag_timeout`` (a mute or stuck node the membership layer still sees alive)."""
+        advanced for ``lag_timeout`` (a slow or stuck node the membership layer still sees alive)."""
         p = self.peers.get(x)
         if x == self.me or p is None:
             return False
         return p.io_failed or (p.match < self.last and now - p.progress > self.cfg.lag_timeout)
+
+    def _io_failed(self, x: str) -> bool:
+        p = self.peers.get(x)
+        return x != self.me and p is not None and p.io_failed
 
     def _advance_commit(self) -> None:
         if self.pending and self.pending.kind in ("establish", "create"):

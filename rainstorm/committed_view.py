@@ -17,7 +17,8 @@ as it happens: stepping down on it only ever makes a node more careful.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 from gossip.transport import GossipNode
 from gossip.types import MemberEvent, MemberInfo, State
@@ -31,6 +32,7 @@ class CommittedView:
         self.gossip = gossip
         self.ids: tuple[str, ...] = ()          # the committed live set (empty until first learned)
         self.version = -1                       # the controller table version it was learned from
+        self.failed_seen = -1                   # the last entry that declared this node failed, as known
         self.addrs: dict[str, str] = {}         # last known address of every node ever seen
         self._subs: list[Subscriber] = []
         gossip.subscribe(self._on_gossip)
@@ -46,12 +48,21 @@ class CommittedView:
         self._subs.append(callback)
 
     # -- fed by the controller's table -------------------------------------------------------------
-    def learn(self, alive: Iterable[str], version: int) -> None:
-        """A table the controller committed at ``version`` says these nodes are alive."""
+    def learn(self, table: dict[str, Any]) -> None:
+        """A table the controller committed: its live set, and when each node was last declared failed.
+        Tables come as snapshots, so a node cut off while it was declared failed and re-admitted may
+        never see a set without itself; ``failed_at`` tells it anyway, and it forgets what it vouched
+        for (a ``self_failed`` event, as when gossip tells it) before it acts on the new set."""
+        version = int(table["version"])
         if version <= self.version:
             return
         self.version = version
-        ids = tuple(sorted(alive))
+        failed = int(table.get("failed_at", {}).get(self.gossip.node_id, -1))
+        if failed > self.failed_seen:
+            first, self.failed_seen = self.failed_seen < 0 and not self.ids, failed
+            if not first:   # a node that just started vouches for nothing yet
+                self._emit(MemberEvent("self_failed", self.gossip.node_id, "", 0, 0.0))
+        ids = tuple(sorted(table.get("alive", [])))
         if ids == self.ids:
             return
         self.ids = ids

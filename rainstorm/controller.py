@@ -73,6 +73,9 @@ class Controller:
         self.runs: dict[str, Run] = {}          # run key -> run
         self.latest: dict[str, str] = {}        # job name -> its latest run's key
         self.alive: list[str] = []
+        # node -> index of the last entry that declared it failed: a node that learns the table only
+        # after it was re-admitted still learns that it was out (and forgets what it vouched for)
+        self.failed_at: dict[str, int] = {}
         self.boots: dict[str, str] = {}         # node -> the boot id of its worker process
         self.version = 0                        # log index of the last change: workers' long polls
 
@@ -152,7 +155,10 @@ class Controller:
         return {"name": name, "run": run.run, "state": run.state}
 
     def _members(self, c: dict[str, Any], index: int) -> dict[str, Any]:
-        self.alive = sorted({str(n) for n in c["alive"]})
+        alive = sorted({str(n) for n in c["alive"]})
+        for n in set(self.alive) - set(alive):
+            self.failed_at[n] = index
+        self.alive = alive
         moved: list[list[Any]] = []      # [task, from, to, epoch]
         load = self._load()
         if load:
@@ -213,7 +219,7 @@ class Controller:
 
     def table(self) -> dict[str, Any]:
         """What workers pull: every run's state, spec and each task's node and epoch."""
-        return {"version": self.version, "alive": self.alive, "jobs": {
+        return {"version": self.version, "alive": self.alive, "failed_at": self.failed_at, "jobs": {
             r.key: {"spec": r.spec, "state": r.state, "done": list(r.done),
                     "assign": {t: [a.node, a.epoch] for t, a in r.assign.items()}}
             for r in self.runs.values()}}
@@ -223,7 +229,8 @@ class Controller:
 
     # -- snapshots -------------------------------------------------------------------------------
     def to_doc(self) -> dict[str, Any]:
-        return {"version": self.version, "alive": self.alive, "boots": self.boots, "latest": self.latest,
+        return {"version": self.version, "alive": self.alive, "failed_at": self.failed_at, "boots": self.boots,
+                "latest": self.latest,
                 "runs": [asdict(r) for r in self.runs.values()]}
 
     @classmethod
@@ -231,6 +238,7 @@ class Controller:
         core = cls()
         core.version = int(doc.get("version", 0))
         core.alive = list(doc.get("alive", []))
+        core.failed_at = {str(k): int(v) for k, v in doc.get("failed_at", {}).items()}
         core.boots = dict(doc.get("boots", {}))
         core.latest = dict(doc.get("latest", {}))
         for r in doc.get("runs", []):

@@ -15,9 +15,14 @@ after ``down`` seconds from what it persisted: Raft's storage and, if kept, Redi
 (the node's Redis restarts empty under a live node) and :class:`Cut` (a partition of ``group`` from
 the rest, healed at ``until``).
 
-HyDFS (task logs, the sink, the source) is the one shared store here: a linearizable
-:class:`MemoryLogStore` that every node reaches, even across a partition. Its own replication under
-split views has its own simulator (:mod:`hydfs.sim`) and is the subject of the next issue.
+HyDFS runs twice here. The stream tasks' logs, sink and source are one linearizable
+:class:`MemoryLogStore` that every node reaches, even across a partition. Beside them every node runs
+the real HyDFS core (:class:`hydfs.node_core.NodeCore`) on its own storage, fed with the live set its
+controller committed (``hydfs_view="committed"``, what nodes do: rainstorm/committed_view.py) or with
+its own gossip view (``"gossip"``, the wiring before, which a partition turns into lost appends), and
+HyDFS clients on the nodes (:class:`HydfsWriter`) append to ``hydfs_files``, fenced or not, on both
+sides of a cut. :meth:`SystemSim.hydfs_check` then reads every file back and lists each acknowledged
+append that is missing or doubled, and each fenced append ordered after a higher epoch's.
 
 After a run, :meth:`SystemSim.check` lists every violated invariant: the exactly-once log
 invariants of the stream simulator, no (task, epoch) ever run by two instances, at most one Raft
@@ -41,6 +46,10 @@ import msgpack
 
 from gossip.config import GossipConfig
 from gossip.swim import Swim
+from hydfs.client import ClientCore
+from hydfs.context import CoreConfig
+from hydfs.node_core import NodeCore
+from hydfs.storage import MemoryStorage as HydfsStorage
 from raft.config import RaftConfig
 from raft.core import LEADER, NotLeader, RaftCore
 from raft.messages import Entry, Message
@@ -89,6 +98,21 @@ class Cut:
 
 
 @dataclass
+class HydfsWriter:
+    """A HyDFS client on node ``node`` appending ``count`` records to ``file``, one every ``every``
+    seconds from ``start``; with ``fence``, each append is conditional on that fence at ``epoch``
+    (a zombie and its successor: the lower epoch must be refused once the higher one has written)."""
+
+    node: int
+    file: str
+    start: float = 6.0       # after the first committed views and HyDFS's settle (CoreConfig.settle)
+    every: float = 0.1
+    count: int = 100
+    fence: str | None = None
+    epoch: int = 0
+
+
+@dataclass
 class SystemFaults:
     loss: float = 0.0
     dup: float = 0.0
@@ -131,6 +155,11 @@ class SimNode:
     proposals: dict[int, tuple[int, int, int]] = field(default_factory=dict)   # index -> (term, src node, rid)
     last_poll: float = -1.0
     members_inflight: float = -1.0
+    hstore: HydfsStorage = field(default_factory=HydfsStorage)   # its disk: survives a crash
+    hydfs: NodeCore | None = None
+    view: tuple[str, ...] = ()        # the live set its HyDFS acts on
+    view_version: int = -1
+    failed_seen: int = -1
 
     def clock(self, now: float) -> float:
         """This node's own clock: offset and rate differ from the simulation's (and every other node's)."""
@@ -149,7 +178,9 @@ class SystemSim:
     def __init__(self, stages: Sequence[Operator], lines: Sequence[str], *, nodes: int = 5, voters: int = 3,
                  tasks: int = 2, seed: int = 0, faults: SystemFaults | None = None, config: TaskConfig | None = None,
                  gossip: GossipConfig | None = None, raft: RaftConfig | None = None, limit: int = 64,
-                 src: str = "in.txt", dest: str = "out.txt", tick: float = 0.05) -> None:
+                 src: str = "in.txt", dest: str = "out.txt", tick: float = 0.05,
+                 writers: Sequence[HydfsWriter] = (), hydfs_view: str = "committed",
+                 hydfs: CoreConfig | None = None) -> None:
         self.stages, self.tasks, self.src, self.dest = list(stages), tasks, src, dest
         self.rng = random.Random(seed)
         self.seed = seed
@@ -184,6 +215,23 @@ class SystemSim:
         self.applied: dict[int, tuple[int, str]] = {}                     # index -> (term, digest)
         self.problems: list[str] = []
         self.submitted: dict[str, Any] | None = None
+        # HyDFS beside the job: cores on every node (if anyone writes), writers and what they were told
+        self.hydfs_view, self.hydfs_cfg = hydfs_view, hydfs or CoreConfig()
+        self.writers = list(writers)
+        self.hclients: list[ClientCore] = []
+        self.hsent: list[dict[int, bytes]] = []            # per writer: op id -> record
+        self.acked: list[list[bytes]] = []                  # per writer: records acknowledged, in order
+        self.refused: Counter[str] = Counter()
+        self.hresults: dict[tuple[int, int], Any] = {}     # (client, op) -> result of a read
+        for i, w in enumerate(self.writers):
+            self.hclients.append(ClientCore(f"w{i}", replicas=self.hydfs_cfg.replicas, retry=0.5))
+            self.hsent.append({})
+            self.acked.append([])
+            for k in range(w.count):
+                self._at(w.start + k * w.every, functools.partial(self._write, i, k))
+        self.creating: dict[str, int | None] = {}             # file -> its create's op id (None: done)
+        for name in sorted({w.file for w in self.writers}):
+            self._at(1.0, functools.partial(self._create, name))
         for n in self.nodes:
             self._boot(n, first=True)
         for f in self.faults.events:
@@ -258,6 +306,9 @@ class SystemSim:
             if restored is not None and restored.snapshot is not None:
                 n.machine = Controller.from_doc(msgpack.unpackb(restored.snapshot.data, raw=False))
         n.worker = WorkerCore(n.id, f"{n.id}/{life}")
+        n.hydfs, n.view, n.view_version, n.failed_seen = None, (), -1, -1
+        if self.writers:
+            n.hydfs = NodeCore(n.id, n.hstore, self.hydfs_cfg, random.Random(f"hydfs:{self.seed}:{n.id}:{life}"))
         n.instances = {}
         n.hint, n.pending, n.proposals = None, {}, {}
         n.last_poll, n.members_inflight = -1.0, -1.0
@@ -302,6 +353,15 @@ class SystemSim:
             self._raft_ready(n)
             self._leader_duty(n)
         self._worker_step(n)
+        if n.hydfs is not None:
+            if self.hydfs_view == "gossip":
+                self._hydfs_view(n, tuple(sorted(m.node_id for m in n.swim.alive())))
+            n.hydfs.tick(local)
+            self._hydfs_flush(n)
+            for i, c in enumerate(self.hclients):
+                if self.writers[i].node == n.idx:
+                    c.tick(local)
+                    self._client_flush(i)
         for inst in list(n.instances.values()):
             if inst.task.alive:
                 inst.task.tick(local)
@@ -314,7 +374,10 @@ class SystemSim:
             dst = self.by_addr.get(addr)
             if dst is not None:
                 self._send(n, dst, functools.partial(self._swim_in, dst, n.addr, msg))
-        n.swim.take_events()
+        for ev in n.swim.take_events():
+            if ev.kind == "self_failed" and n.hydfs is not None:   # others declared us failed: step down
+                n.hydfs.on_declared_failed(n.clock(self.now))
+                self._hydfs_flush(n)
 
     def _swim_in(self, n: SimNode, src: str, msg: dict[str, Any]) -> None:
         assert n.swim is not None
@@ -437,6 +500,14 @@ class SystemSim:
         if method == "hello":
             w.on_hello_acked()
         elif method == "table":
+            if self.hydfs_view == "committed" and value["version"] > n.view_version:
+                n.view_version = value["version"]     # what CommittedView.learn does on a real node
+                failed = value["failed_at"].get(n.id, -1)
+                if failed > n.failed_seen and n.hydfs is not None:
+                    n.failed_seen = failed
+                    n.hydfs.on_declared_failed(n.clock(self.now))
+                    self._hydfs_flush(n)
+                self._hydfs_view(n, tuple(value["alive"]))
             self._decide(n, w.on_table(value))
         elif method == "report":
             w.on_report_acked(args)
@@ -551,6 +622,135 @@ class SystemSim:
         inst.task.on_message(msg, n.clock(self.now))
         self._pump(n, inst)
 
+    # -- HyDFS beside the job
+    def _hydfs_view(self, n: SimNode, alive: tuple[str, ...]) -> None:
+        if n.hydfs is None or alive == n.view:
+            return
+        n.view = alive
+        n.hydfs.on_membership(alive, n.clock(self.now))
+        self._hydfs_flush(n)
+        for i, c in enumerate(self.hclients):       # a client routes by its node's view
+            if self.writers[i].node == n.idx:
+                c.on_membership(alive, n.clock(self.now))
+
+    def _hydfs_flush(self, n: SimNode) -> None:
+        assert n.hydfs is not None
+        for dest, msg in n.hydfs.take_outgoing():
+            if dest in self.by_id:
+                dst = self.by_id[dest]
+                self._send(n, dst, functools.partial(self._hydfs_in, dst, n.id, msg))
+            elif dest.startswith("w"):               # a reply to a writer, over the network to its node
+                i = int(dest[1:])
+                host = self.nodes[self.writers[i].node]
+                self._send(n, host, functools.partial(self._client_in, i, n.id, msg))
+        n.hydfs.take_notes()
+
+    def _hydfs_in(self, n: SimNode, src: str, msg: dict[str, Any]) -> None:
+        if n.hydfs is not None:
+            n.hydfs.receive(src, msg, n.clock(self.now))
+            self._hydfs_flush(n)
+
+    def _client_in(self, i: int, src: str, msg: dict[str, Any]) -> None:
+        host = self.nodes[self.writers[i].node]
+        self.hclients[i].receive(src, msg, host.clock(self.now))
+        self._client_flush(i)
+
+    def _client_flush(self, i: int) -> None:
+        c, host = self.hclients[i], self.nodes[self.writers[i].node]
+        for dest, msg in c.take_outgoing():
+            dst = self.by_id.get(dest)
+            if dst is not None:
+                self._send(host, dst, functools.partial(self._hydfs_in, dst, c.client_id, msg))
+        for op, res in c.take_results().items():
+            if i == 0 and op in self.creating.values():
+                name = next(f for f, o in self.creating.items() if o == op)
+                self.creating[name] = None if res.ok or res.err == "exists" else -1
+                if not (res.ok or res.err == "exists"):
+                    self._at(self.now + 0.5, functools.partial(self._create, name))
+                continue
+            record = self.hsent[i].pop(op, None)
+            if record is None:
+                self.hresults[(i, op)] = res
+                continue
+            if res.ok:
+                self.acked[i].append(record)
+            else:
+                self.refused[str(res.err)] += 1
+
+    def _create(self, name: str) -> None:
+        """The writers' files exist before they append (writer 0's client creates them, retrying)."""
+        if self.creating.get(name, -1) is None:
+            return
+        c, host = self.hclients[0], self.nodes[self.writers[0].node]
+        self.creating[name] = c.create(name, b"", host.clock(self.now))
+        self._client_flush(0)
+
+    def busy(self) -> bool:
+        """Writers still have appends to make or unanswered."""
+        return any(self.now < w.start + w.count * w.every for w in self.writers) or any(self.hsent)
+
+    def _write(self, i: int, k: int) -> None:
+        w, c = self.writers[i], self.hclients[i]
+        host = self.nodes[w.node]
+        record = f"w{i}-{k}\n".encode()
+        cond = {"fence": w.fence, "epoch": w.epoch} if w.fence is not None else None
+        self.hsent[i][c.append(w.file, record, host.clock(self.now), cond=cond)] = record
+        self._client_flush(i)
+
+    def hydfs_read(self, name: str, timeout: float = 30.0) -> list[bytes] | None:
+        """The file's records as its primary serves them now (a fresh client on the first node that
+        is up), or None if no answer came within ``timeout`` simulated seconds."""
+        host = next(n for n in self.nodes if n.up)
+        c = ClientCore(f"w{len(self.writers)}", replicas=self.hydfs_cfg.replicas, retry=0.5)
+        self.writers.append(HydfsWriter(host.idx, name, count=0))
+        self.hclients.append(c)
+        self.hsent.append({})
+        self.acked.append([])
+        c.on_membership(host.view, host.clock(self.now))
+        i = len(self.hclients) - 1
+        op = c.get(name, host.clock(self.now))
+        self._client_flush(i)
+        deadline = self.now + timeout
+        while (i, op) not in self.hresults and self._q and self.now < deadline:
+            t, _, fn = heapq.heappop(self._q)
+            self.now = t
+            fn()
+        res = self.hresults.pop((i, op), None)
+        return res.data.splitlines(keepends=True) if res is not None and res.ok else None
+
+    def hydfs_check(self) -> list[str]:
+        """Every acknowledged append in its file exactly once; no record twice; per fence, no lower
+        epoch's record after a higher epoch's."""
+        problems: list[str] = []
+        for name in sorted({w.file for w in self.writers if w.count}):
+            records = self.hydfs_read(name)
+            if records is None:
+                problems.append(f"{name}: not readable after the run")
+                continue
+            seen = Counter(records)
+            doubled = sorted(r for r, k in seen.items() if k > 1)
+            if doubled:
+                problems.append(f"{name}: {len(doubled)} records twice, e.g. {doubled[:3]}")
+            for i, w in enumerate(self.writers):
+                if w.file != name:
+                    continue
+                lost = [r for r in self.acked[i] if r not in seen]
+                if lost:
+                    problems.append(f"{name}: {len(lost)} of writer w{i}'s {len(self.acked[i])} acknowledged "
+                                    f"appends lost (node-{w.node + 1}'s side), e.g. {lost[:3]}")
+            epoch_of = {f"w{i}-".encode(): w.epoch for i, w in enumerate(self.writers)
+                        if w.file == name and w.fence is not None}
+            high = -1
+            for r in records:
+                e = epoch_of.get(r.split(b"-")[0] + b"-")
+                if e is None:
+                    continue
+                if e < high:
+                    problems.append(f"{name}: {r!r} (epoch {e}) ordered after an epoch {high} append")
+                    break
+                high = max(high, e)
+        return problems
+
     # ------------------------------------------------------------------ running and checking
     def run(self, until: float = 120.0, max_events: int = 5_000_000) -> SystemResult:
         events = 0
@@ -562,7 +762,7 @@ class SystemSim:
             self.now = t
             events += 1
             fn()
-            if events % 256 == 0 and self.finished():
+            if events % 256 == 0 and self.finished() and not self.busy():
                 break
         self.stats["events"] = events
         return SystemResult(self.finished(), self.now, self.output(), self.stats)

@@ -190,7 +190,7 @@ class Worker:
                 await asyncio.sleep(0.25)
                 continue
             if self.view is not None:
-                self.view.learn(table.get("alive", []), table["version"])
+                self.view.learn(table)
             await self._apply(self.core.on_table(table))
 
     async def _apply(self, d: Decisions) -> None:

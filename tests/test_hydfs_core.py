@@ -507,7 +507,10 @@ def test_a_replica_that_lost_its_unsynced_tail_never_vouches() -> None:
     sim.restart(b)
     sim.run_for(sim.config.settle + 3.0)  # b hears the current in-sync set, but is never caught up
     core = sim.nodes[b].core
-    assert core is not None and sim.nodes[b].storage.last(F)[0] == 3 and not core.vol(F).trusted
+    meta = sim.nodes[b].storage.meta(F)
+    assert core is not None and meta is not None and sim.nodes[b].storage.last(F)[0] == 3
+    # it vouches for no set it is a member of (it left the set, persisting that, or it trusts nothing)
+    assert b not in meta.isr or not core.vol(F).trusted
     sim.crash(p)
     sim.crash(c)
     sim.hooks.clear()
@@ -559,21 +562,45 @@ def test_a_full_disk_on_the_primary_is_one_clear_error_on_a_replica_it_leaves_th
     assert get(sim).data == b"h;a;b;c;d;"
 
 
-def test_a_mute_replica_leaves_the_in_sync_set_after_lag_timeout() -> None:
-    """A replica the membership layer still sees alive but that never answers (a stuck disk, say)
-    holds the commit back only for ``lag_timeout``; then the file goes on without it."""
+def test_a_mute_replica_holds_the_file_until_it_is_declared_failed() -> None:
+    """A replica the membership layer sees alive but that never answers (cut off from its primary,
+    or stuck) is not dropped by the primary on its own: it never persisted a set without itself and
+    could vouch for the old one in a later takeover, so a primary cut off from its replicas would
+    otherwise acknowledge appends alone that the majority's takeover then truncates
+    (docs/partitions.md). The file waits until the membership layer (the controller's committed
+    view, on real nodes) declares the replica failed; then it goes on without it."""
     sim = cluster(3)
     make(sim, b"h;")
     p, r1, _ = owners(sim)
     sim.hooks.append(lambda src, dest, m: not (src == r1 and dest == p))
+    c = sim.client("c1")
+    op = c.append(F, b"a;", sim.now)
+    sim.run_for(2 * sim.config.lag_timeout)
+    assert op not in c.results and r1 in primary(sim).primaries[F].isr
+    sim.partition([r1])                       # declared failed: it may leave without persisting it
+    r = sim.wait("c1", op, timeout=10)
+    assert r.ok and r.index == 2 and r1 not in primary(sim).primaries[F].isr
+    sim.heal()
+    sim.hooks.clear()
+    assert sim.run_until(lambda: r1 in primary(sim).primaries[F].isr, sim.now + 15)
+    assert logs_identical(sim, owners(sim))
+
+
+def test_a_replica_that_answers_but_does_not_keep_up_leaves_the_set_by_persisting_it() -> None:
+    """A slow replica that still answers (its appends never land, its set changes do) leaves the set
+    after ``lag_timeout`` the safe way: it persists the set without itself, so it vouches for nothing
+    it is not a member of."""
+    sim = cluster(3)
+    make(sim, b"h;")
+    _, r1, _ = owners(sim)
+    sim.hooks.append(lambda src, dest, m: not (dest == r1 and m.get("t") == "append" and m.get("entries")))
     start = sim.now
     r = append(sim, b"a;")
-    assert r.ok and r.index == 2
-    assert sim.now - start >= sim.config.lag_timeout
-    assert r1 not in primary(sim).primaries[F].isr
-    assert append(sim, b"b;").index == 3
+    assert r.ok and r.index == 2 and sim.now - start >= sim.config.lag_timeout
+    meta = sim.nodes[r1].storage.meta(F)
+    assert meta is not None and r1 not in meta.isr and r1 not in primary(sim).primaries[F].isr
     sim.hooks.clear()
-    assert sim.run_until(lambda: r1 in primary(sim).primaries[F].isr, sim.now + 10)
+    assert sim.run_until(lambda: r1 in primary(sim).primaries[F].isr, sim.now + 15)
     assert logs_identical(sim, owners(sim))
 
 
