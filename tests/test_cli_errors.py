@@ -15,6 +15,7 @@ from tests.conftest import run_cli
     (["cluster", "kill", "node-1"], {}, "no local cluster"),
     (["members", "--at", "127.0.0.1:1"], {}, "no cluster secret"),
     (["members", "--at", "127.0.0.1:1"], {"RAINSTORM_SECRET": "x"}, "no node answered"),
+    (["cluster", "status", "--at", "127.0.0.1:1"], {"RAINSTORM_SECRET": "x"}, "no node answered"),
     (["node", "start", "--bind", "nonsense"], {"RAINSTORM_SECRET": "x"}, "bad address"),
     (["node", "start", "--bind", "127.0.0.1:7999"], {}, "no cluster secret"),
 ])
