@@ -1,0 +1,1 @@
+"""Multi-host tests: one network namespace per host on a bridge, faults with iptables (harness.py)."""
