@@ -403,15 +403,19 @@ def dfs_ls(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json
         return await c.ls(name), dict(c.addrs)
 
     res, addrs = _dfs(at, directory, fn)
+    if not res.get("commit") and not res.get("last"):   # a file holds at least its create entry
+        raise UserError(f"no such HyDFS file: {name}")
     isr = set(res.get("isr", []))
     rows = [{"id": r, "address": addrs.get(r), "ring_position": position(r), "in_sync": r in isr}
             for r in res.get("replicas", [])]
     doc = {"name": name, "primary": rows[0]["id"] if rows else None, "term": res.get("term"),
-           "entries": res.get("commit"), "version": [res.get("term"), res.get("commit")], "replicas": rows}
+           "entries": res.get("commit"), "version": [res.get("term"), res.get("commit")], "replicas": rows,
+           "first": res.get("first", 1)}  # first retained index: a trim dropped the entries below it
     if as_json:
         _print_json(doc)
     else:
-        _table(f"{name}: term {doc['term']}, {doc['entries']} entries", rows,
+        trimmed = f" (from index {doc['first']}: trimmed below it)" if doc["first"] > 1 else ""
+        _table(f"{name}: term {doc['term']}, {doc['entries']} entries{trimmed}", rows,
                ["id", "address", "ring_position", "in_sync"])
 
 
@@ -547,11 +551,13 @@ def jobs(at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = F
     """Every run of every job the controller knows (a name submitted again is a new run)."""
     rows = _job_rows(at, directory)
     summary = [{"name": j["name"], "run": j["run"], "state": j["state"], "src": j["src"], "dest": j["dest"],
-                "tasks": len(j["tasks"]), "restarts": sum(t["restarts"] for t in j["tasks"])} for j in rows]
+                "tasks": len(j["tasks"]), "restarts": sum(t["restarts"] for t in j["tasks"]),
+                "removing": bool(j.get("removing"))} for j in rows]
     if as_json:
         _print_json({"jobs": summary})
     else:
-        _table("jobs", summary, ["name", "run", "state", "src", "dest", "tasks", "restarts"])
+        _table("jobs", [{**j, "state": j["state"] + " (removing)" if j["removing"] else j["state"]} for j in summary],
+               ["name", "run", "state", "src", "dest", "tasks", "restarts"])
 
 
 def _job(at: str | None, directory: Path, name: str) -> dict[str, Any]:
@@ -597,6 +603,50 @@ def stop(name: str, at: AtOpt = None, directory: DirOpt = DEFAULT_DIR) -> None:
     """Stop a running job."""
     res = _control_call(at, directory, "stop", {"name": name})
     out.print(f"{name} (run {res['run']}): {res['state']}")
+
+
+@app.command("rm")
+def rm(name: str,
+       run: Annotated[int | None, typer.Option("--run", help="Only this run (default: every ended run).")] = None,
+       dead_letters: Annotated[bool, typer.Option("--dead-letters", help="Also remove <dest>.deadletters.")] = False,
+       timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the removal.")] = 60.0,
+       at: AtOpt = None, directory: DirOpt = DEFAULT_DIR, as_json: JsonOpt = False) -> None:
+    """Remove a job's ended runs: task logs, job file, Redis keys, controller record (not the output)."""
+    import time
+
+    res = _control_call(at, directory, "rm", {"name": name, "run": run, "deadletters": dead_letters})
+    runs = {r["key"]: r for r in res["runs"]}
+    if not as_json:
+        for r in runs.values():
+            out.print(f"removing {name} run {r['run']} ({r['state']}): {r['files']} files, Redis keys on every node")
+        for k in res["kept"]:
+            out.print(f"kept {name} run {k}: running")
+    deadline = time.monotonic() + timeout
+    pending, done = list(runs), {}
+    while pending:   # long polls: each run is reported as soon as its record is dropped
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UserError(f"{name}: run {', '.join(str(runs[k]['run']) for k in pending)} still being removed "
+                            f"after {timeout:g}s; the controller goes on (`rainstorm jobs` shows it until done)")
+        ans = _control_call(at, directory, "removal", {"keys": pending, "wait": min(left, 5.0)})
+        for k, summary in ans["done"].items():
+            done[k] = summary
+            if not as_json:
+                out.print(_removed_line(name, runs[k]["run"], summary), highlight=False)
+        pending = ans["pending"]
+    if as_json:
+        _print_json({"name": name, "kept": res["kept"], "runs": [
+            {"run": r["run"], "key": k, "state": r["state"], **(done.get(k) or {})} for k, r in runs.items()]})
+
+
+def _removed_line(name: str, run: int, summary: dict[str, Any] | None) -> str:
+    if summary is None:   # a former leader finished it and took the details with it
+        return f"removed {name} run {run}"
+    line = (f"removed {name} run {run}: {summary['files']} of {summary['of']} files were there; Redis keys "
+            f"deleted on {len(summary['nodes'])} nodes")
+    if summary["later"]:
+        line += f" ({', '.join(summary['later'])} delete theirs when they answer again)"
+    return line
 
 
 @app.command("deadletters")

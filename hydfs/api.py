@@ -44,6 +44,8 @@ ERRORS = {
     "io_error": "HyDFS could not write {name}: the disk of {node} is full or failing",
     "out_of_order": "append to {name} refused for {timeout:g}s: the append it must follow (cond 'after') "
                     "never landed",
+    "trimmed": "append to {name} refused: its (client id, seq) was trimmed from the file (it landed before)",
+    "trim_range": "trim of {name} refused: it may only drop entries below its own marker",
 }
 
 
@@ -185,6 +187,20 @@ class Client:
         self.cache.invalidate(name)
         return res.index or 0
 
+    async def trim(self, name: str, below: int, cond: dict[str, Any] | None = None,
+                   key: tuple[str, int] | None = None) -> int:
+        """Drop every entry of NAME below index ``below`` on every replica (log compaction); returns the
+        file's first index once the trim is acknowledged (``below``, or more after an earlier trim).
+        Indexes never change. The trim is a marker entry (empty data) ordered with the appends at the
+        index after the file's last: ``cond`` and ``key`` work exactly as for :meth:`append` (a fenced,
+        idempotent trim). ``below`` past the marker's own index raises ``trim_range``; a trim below an
+        earlier one drops nothing. See docs/hydfs.md, "Trim"."""
+        if below < 1:
+            raise ValueError("below must be at least 1")
+        res = await self._op(name, lambda now: self.core.trim(name, below, now, cond, key))
+        self.cache.invalidate(name)
+        return int(res.reply.get("first", 1))
+
     async def get(self, name: str) -> bytes:
         cached = self.cache.get(name)
         if cached is not None:
@@ -239,7 +255,8 @@ class Client:
         return res.reply["data"], res.reply["size"]
 
     async def get_entries(self, name: str) -> list[tuple[int, bytes]]:
-        """Committed entries as (index, data): how the stream layer reads logs."""
+        """Committed entries as (index, data): how the stream layer reads logs. After a trim, only the
+        retained ones (index >= the file's first); a trim marker is an entry of empty data."""
         return (await self._op(name, lambda now: self.core.get(name, now))).entries
 
     async def getfromreplica(self, node_id: str, name: str) -> bytes:

@@ -9,7 +9,10 @@ be in memory; only the blocks' metas and offsets are.
 Appends are plain ``pwritev`` calls (header and data as separate buffers: no copy of the data) and
 do not sync: the owner decides when to pay for :meth:`BlockFile.sync` (group commit, see
 :mod:`hydfs.disk`). Truncation syncs at once: it is rare, and a lost truncation could bring back a
-divergent suffix. CRC-32C runs in hardware (SSE4.2), ~16 GB/s here against ~2.5 GB/s for zlib's CRC-32.
+divergent suffix. Dropping a prefix (a trim, see :meth:`BlockFile.copy_tail`) copies the kept blocks
+into a new file and renames it over the old one, so a crash leaves one of the two whole files and
+the cost is that of the kept bytes. CRC-32C runs in hardware (SSE4.2), ~16 GB/s here against ~2.5 GB/s
+for zlib's CRC-32.
 """
 
 from __future__ import annotations
@@ -195,6 +198,50 @@ class BlockFile:
         del self.blocks[count:]
         os.fsync(self.fd)
         self.dirty = False
+
+    def copy_tail(self, count: int, head: dict[str, Any] | None) -> tuple[Path, list[Block]]:
+        """Step 1 of dropping the first ``count`` blocks: a new file under a temporary name holding a
+        ``head`` block (no data) and the blocks from ``count`` on, copied byte for byte (their CRCs stay
+        valid), fsynced; returns it and its blocks. The live file is untouched, and a crash leaves only a
+        ``.tmp`` file, which the owner removes at start-up. Costs the kept bytes, not the dropped ones."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        src = self.blocks[count].offset if count < len(self.blocks) else self.size
+        out: list[Block] = []
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            pos = 0
+            if head is not None:
+                h, _ = block_parts(head, b"")
+                _pwritev(fd, [h], 0)
+                out.append(Block(head, 0, len(h), 0))
+                pos = len(h)
+            shift = pos - src
+            at = src
+            while at < self.size:
+                buf = os.pread(self.fd, min(CHUNK, self.size - at), at)
+                if not buf:
+                    raise OSError(errno.EIO, f"{self.path} ended while copying it")
+                _pwritev(fd, [buf], at + shift)
+                at += len(buf)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)  # a full disk: give back what the half-written copy took
+            raise
+        os.close(fd)
+        out += [Block(b.meta, b.offset + shift, b.data_offset + shift, b.data_len) for b in self.blocks[count:]]
+        return tmp, out
+
+    def replace_with(self, tmp: Path, blocks: list[Block]) -> None:
+        """Step 2: rename the copy of :meth:`copy_tail` over this file (atomic) and go on with it."""
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR)
+        os.close(self.fd)
+        self.fd, self.blocks = fd, blocks
+        self.dirty = False
+        self.reserved_to = 0
+        self._top_up()
 
     def read(self, i: int, start: int = 0, length: int | None = None) -> bytes:
         b = self.blocks[i]

@@ -64,7 +64,7 @@ class ClientCore:
         self.own_max: dict[str, int] = {}   # highest index of our own acknowledged appends
         self.results: dict[int, Result] = {}
         self.stats: dict[str, int] = {"retries": 0, "redirects": 0, "stale_reads": 0, "malformed": 0,
-                                      "out_of_order": 0}
+                                      "out_of_order": 0, "trimmed_reads": 0}
         self._ops: dict[int, _Op] = {}       # by rid of its current request
         self._next_rid = 1
         self._next_op = 1
@@ -85,6 +85,16 @@ class ClientCore:
             self.seq += 1
             key = (self.client_id, self.seq)
         return self._start("c_append", name, {"client": key[0], "seq": key[1], "data": data, "cond": cond}, now)
+
+    def trim(self, name: str, below: int, now: float, cond: dict[str, Any] | None = None,
+             key: tuple[str, int] | None = None) -> int:
+        """Drop every entry of ``name`` below index ``below`` on every replica: a trim marker (an entry of
+        empty data) ordered, fenced and keyed exactly like an append; ``reply["first"]`` is the file's
+        first index once it is acknowledged, ``index`` the marker's."""
+        if key is None:
+            self.seq += 1
+            key = (self.client_id, self.seq)
+        return self._start("c_trim", name, {"client": key[0], "seq": key[1], "below": below, "cond": cond}, now)
 
     def get(self, name: str, now: float, replica: str | None = None, sink: Sink | None = None) -> int:
         """With ``sink``, each page goes to ``sink(page, False)`` as it arrives instead of into the result
@@ -178,7 +188,7 @@ class ClientCore:
             self._range(op, m, now)
             return
         index = m.get("index")
-        if op.kind in ("c_append", "c_create") and index is not None:
+        if op.kind in ("c_append", "c_create", "c_trim") and index is not None:
             self.own_max[op.name] = max(self.own_max.get(op.name, 0), index)
         self._finish(op, Result(True, index=index, reply=m))
 
@@ -211,7 +221,18 @@ class ClientCore:
         items: list[tuple[int, bytes]] = m.get("entries", [])
         commit: int = m.get("commit", 0)
         start = op.msg["start"]
-        if any(i != start + k for k, (i, _) in enumerate(items)) or commit < start - 1:
+        base = items[0][0] if items else start
+        if base > start and start > 1:
+            # A trim dropped entries this read had not reached: what it got so far and what follows
+            # are no longer one file. Start over from the file's (new) first entry.
+            self.stats["trimmed_reads"] += 1
+            op.entries = []
+            if op.sink is not None:
+                op.sink([], True)
+            op.msg["start"] = 1
+            self._send(op, src, now, new_rid=True)
+            return
+        if base < start or any(i != base + k for k, (i, _) in enumerate(items)) or commit < start - 1:
             self.stats["malformed"] += 1
             return
         if commit < self.own_max.get(op.name, 0):

@@ -2,32 +2,71 @@
 
 Because the idempotency table and the fence table are functions of the entries, whatever carries
 the entries (merge, re-replication, a new primary adopting a log) carries the tables too: a new
-primary rebuilds them by one scan of its adopted log.
+primary rebuilds them by one scan of its adopted log. A trim (docs/hydfs.md, "Trim") keeps them a
+function of the *retained* log: its marker entry carries, per client, the highest seq it drops (the
+client's *floor*) and the whole fence table, and the dedup table keeps only retained entries.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
+from itertools import takewhile
 from typing import Any
 
-from hydfs.entries import Entry
-from hydfs.messages import FENCED, LEN_MISMATCH, OUT_OF_ORDER
+from hydfs.entries import Entry, TrimMark
+from hydfs.messages import FENCED, LEN_MISMATCH, OUT_OF_ORDER, TRIMMED
 
 
 class Tables:
-    """(client id, seq) -> index, and fence key -> highest epoch, over a whole log."""
+    """(client id, seq) -> index over the retained log, per client the highest trimmed seq, and fence
+    key -> highest epoch over the whole log (trimmed entries included)."""
 
-    __slots__ = ("dedup", "fences")
+    __slots__ = ("dedup", "fences", "floors", "order")
 
     def __init__(self) -> None:
         self.dedup: dict[tuple[str, int], int] = {}
         self.fences: dict[str, int] = {}
+        self.floors: dict[str, int] = {}
+        self.order: deque[tuple[int, tuple[str, int]]] = deque()  # dedup keys by index, for prune
 
     def add(self, entries: Iterable[Entry]) -> None:
         for e in entries:
-            self.dedup[(e.client_id, e.client_seq)] = e.index
+            key = (e.client_id, e.client_seq)
+            self.dedup[key] = e.index
+            self.order.append((e.index, key))
             if e.fence is not None and e.epoch is not None and e.epoch > self.fences.get(e.fence, -1):
                 self.fences[e.fence] = e.epoch
+            if e.trim is not None:
+                _merge(self.floors, e.trim.floors)
+                _merge(self.fences, e.trim.fences)
+
+    def mark(self, below: int) -> TrimMark:
+        """The marker of a trim below ``below``: the floors of the entries it drops merged into the
+        floors so far, and the fence table. Costs the dropped entries still in the table."""
+        floors = dict(self.floors)
+        for _, (client, seq) in takewhile(lambda item: item[0] < below, self.order):
+            if seq > floors.get(client, -1):
+                floors[client] = seq
+        return TrimMark(below, floors, dict(self.fences))
+
+    def prune(self, first: int) -> None:
+        """Forget the dedup entries of the entries a trim dropped (their floors stay)."""
+        while self.order and self.order[0][0] < first:
+            index, key = self.order.popleft()
+            if self.dedup.get(key) == index:
+                del self.dedup[key]
+
+    def trimmed(self, client: str, seq: int) -> bool:
+        """An append under this key, not in the retained log, is at or below its client's floor: it was
+        ordered once and trimmed since (a retry), or its writer broke the seq order the window needs."""
+        return seq <= self.floors.get(client, -1)
+
+
+def _merge(into: dict[str, int], table: dict[str, int]) -> None:
+    for k, v in table.items():
+        if v > into.get(k, -1):
+            into[k] = v
 
 
 Checker = Callable[[dict[str, Any], Tables, int, str], str | None]
@@ -43,8 +82,10 @@ def _expect_len(cond: dict[str, Any], tables: Tables, last: int, client: str) ->
 
 def _after(cond: dict[str, Any], tables: Tables, last: int, client: str) -> str | None:
     """A pipelining writer's appends land in its seq order: seq n must be ordered (committed or not)
-    before the append that names it, as Kafka's idempotent producer checks its sequence numbers."""
-    return None if (client, cond["after"]) in tables.dedup else OUT_OF_ORDER
+    before the append that names it, as Kafka's idempotent producer checks its sequence numbers. One at
+    or below the client's floor was ordered before a trim dropped it."""
+    n = cond["after"]
+    return None if (client, n) in tables.dedup or tables.trimmed(client, n) else OUT_OF_ORDER
 
 
 # key that switches a check on -> the check, in the order they run (a final refusal before a
@@ -63,6 +104,11 @@ def check(cond: dict[str, Any] | None, tables: Tables, last: int, client: str = 
             if err:
                 return err
     return None
+
+
+def refuse_trimmed(tables: Tables, client: str, seq: int) -> str | None:
+    """The error for an append whose key the dedup table no longer knows because a trim dropped it."""
+    return TRIMMED if tables.trimmed(client, seq) else None
 
 
 def fence_of(cond: dict[str, Any] | None) -> tuple[str | None, int | None]:

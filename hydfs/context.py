@@ -59,9 +59,11 @@ class Report:
     ver: Version | None
     isr: tuple[str, ...]
     trusted: bool
+    first: int = 1           # first retained index: a trim dropped the entries below it
 
     def key(self) -> tuple[int, int, int]:
-        """Order of adoption: highest last term, then longest; a tombstone beats the log it ended."""
+        """Order of adoption: highest last term, then longest; a tombstone beats the log it ended. A trim
+        does not change it: indexes stay, and only committed entries are ever trimmed."""
         if self.deleted is not None:
             return (self.deleted[0], self.deleted[1], 2)
         if self.created is not None:
@@ -76,19 +78,19 @@ class Report:
         return {"created": self.created, "deleted": list(self.deleted) if self.deleted else None,
                 "last": self.last, "last_term": self.last_term, "runs": [[a, b] for a, b in self.runs],
                 "ver": list(self.ver) if self.ver else None, "isr": list(self.isr),
-                "trusted": self.trusted}
+                "trusted": self.trusted, "first": self.first}
 
     @classmethod
     def from_msg(cls, m: dict[str, Any]) -> Report:
         return cls(m["created"], m["deleted"], m["last"], m["last_term"], m["runs"], m["ver"],
-                   m["isr"], m["trusted"])
+                   m["isr"], m["trusted"], m.get("first") or 1)
 
 
 def report_of(storage: Storage, name: str, meta: FileMeta | None, trusted: bool) -> Report:
     last, last_term = storage.last(name)
     m = meta or FileMeta()
     return Report(m.created, m.deleted, last, last_term, storage.runs(name) if last else [], m.ver, m.isr,
-                  trusted)
+                  trusted, storage.first(name))
 
 
 class Host(Protocol):

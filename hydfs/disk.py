@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from hydfs.blockfile import BlockFile, fsync_dir, write_atomic
-from hydfs.entries import Entry, Runs, cut_runs, extend_runs
+from hydfs.entries import Entry, Runs, cut_runs, extend_runs, runs_upto, term_at
 from hydfs.storage import ByteRanges, FileMeta, end_at, extend_ends
 
 JOURNAL = "meta.journal"
+BASE = "base"  # meta key of a trimmed log's first block
 
 
 class StorageError(Exception):
@@ -52,16 +53,43 @@ def _slug(name: str) -> str:
 
 
 class _File:
+    """A trimmed log starts with a *base* block (no data, meta ``{"base": first, "runs": ...}``): the
+    index of its first entry and the terms of the dropped prefix. Entry ``i`` is block
+    ``i - first + nb`` (``nb``: 1 with a base block, else 0)."""
+
     def __init__(self, root: Path, name: str) -> None:
         self.name = name
         self.slug = _slug(name)
         self.log = BlockFile(root / f"{self.slug}.log")
+        blocks = self.log.blocks
+        self.nb, self.first = 0, 1
         self.runs: Runs = []
-        extend_runs(self.runs, (Entry.from_meta(b.meta, b"") for b in self.log.blocks))
-        self.ends: list[int] = []  # prefix sums of the blocks' data lengths: byte offset -> entry by bisect
-        extend_ends(self.ends, [b.data_len for b in self.log.blocks])
+        if blocks and BASE in blocks[0].meta:
+            self.nb, self.first = 1, blocks[0].meta[BASE]
+            self.runs = [(a, b) for a, b in blocks[0].meta["runs"]]
+        entries = blocks[self.nb:]
+        extend_runs(self.runs, (Entry.from_meta(b.meta, b"") for b in entries))
+        self.ends: list[int] = []  # prefix sums of the entries' data lengths: byte offset -> entry by bisect
+        extend_ends(self.ends, [b.data_len for b in entries])
+        self.marks = [(b.meta["i"], b.meta["b"]) for b in entries if "b" in b.meta]
         self.meta: FileMeta | None = None
         self.cached: set[int] = set()  # indices of this file in the storage's tail cache
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.log.blocks) - self.nb - 1
+
+    def rebase(self, first: int, runs: Runs, keep: bool = True) -> None:
+        """Drop every entry below ``first`` (every entry if not ``keep``) by rewriting the file; ``runs``
+        are the terms up to ``first - 1``."""
+        keep_from = self.nb + max(first - self.first, 0) if keep else len(self.log.blocks)
+        tmp, blocks = self.log.copy_tail(keep_from, {BASE: first, "runs": [[a, b] for a, b in runs]})
+        self.log.replace_with(tmp, blocks)
+        k = keep_from - self.nb
+        total = self.ends[k - 1] if 0 < k <= len(self.ends) else 0
+        self.ends = [n - total for n in self.ends[k:]]
+        self.marks = [mk for mk in self.marks if mk[0] >= first] if keep else []
+        self.nb, self.first = 1, first
 
 
 class DiskStorage(ByteRanges):
@@ -188,8 +216,8 @@ class DiskStorage(ByteRanges):
             if owner is not None:
                 owner.cached.discard(index)
 
-    def _forget(self, f: _File, keep: int) -> None:
-        for index in [i for i in f.cached if i > keep]:
+    def _forget(self, f: _File, keep: int, below: int = 0) -> None:
+        for index in [i for i in f.cached if i > keep or i < below]:
             f.cached.discard(index)
             self._tail_size -= len(self._tail.pop((f.name, index)).data)
 
@@ -208,10 +236,20 @@ class DiskStorage(ByteRanges):
 
     def last(self, name: str) -> tuple[int, int]:
         f = self._files.get(name)
-        if not f or not f.log.blocks:
+        if not f or f.last == 0:
             return (0, 0)
+        if len(f.log.blocks) == f.nb:
+            return (f.last, term_at(f.runs, f.last, f.last))
         m = f.log.blocks[-1].meta
         return (m["i"], m["t"])
+
+    def first(self, name: str) -> int:
+        f = self._files.get(name)
+        return f.first if f else 1
+
+    def marks(self, name: str) -> list[tuple[int, int]]:
+        f = self._files.get(name)
+        return list(f.marks) if f else []
 
     def runs(self, name: str) -> Runs:
         f = self._files.get(name)
@@ -221,8 +259,8 @@ class DiskStorage(ByteRanges):
         f = self._files.get(name)
         if not f:
             return []
-        blocks = f.log.blocks
-        lo, hi = max(start, 1) - 1, min(max(stop - 1, 0), len(blocks))
+        blocks, first, nb = f.log.blocks, f.first, f.nb
+        lo, hi = max(start, first) - first + nb, min(stop, f.last + 1) - first + nb
         if max_bytes is not None:  # cut by the blocks' lengths before any data is read
             size = 0
             for k in range(lo, hi):
@@ -232,7 +270,7 @@ class DiskStorage(ByteRanges):
                     break
         out = []
         for k in range(lo, hi):
-            e = self._tail.get((name, k + 1))
+            e = self._tail.get((name, k - nb + first))
             out.append(e if e is not None else Entry.from_meta(blocks[k].meta, f.log.read(k)))
         return out
 
@@ -240,16 +278,16 @@ class DiskStorage(ByteRanges):
         f = self._files.get(name)
         if not f:
             return 0
-        hi = len(f.ends) if stop is None else stop - 1
-        return max(0, end_at(f.ends, hi) - end_at(f.ends, max(start, 1) - 1))
+        hi = len(f.ends) if stop is None else stop - f.first
+        return max(0, end_at(f.ends, hi) - end_at(f.ends, max(start, f.first) - f.first))
 
     def _piece(self, f: _File, k: int, start: int, n: int) -> bytes:
-        e = self._tail.get((f.name, k + 1))  # a fresh entry is still in memory: no read back
-        return e.data[start:start + n] if e is not None else f.log.read(k, start, n)
+        e = self._tail.get((f.name, f.first + k))  # a fresh entry is still in memory: no read back
+        return e.data[start:start + n] if e is not None else f.log.read(f.nb + k, start, n)
 
     def append(self, name: str, entries: Sequence[Entry]) -> None:
         f = self._file(name)
-        n = len(f.log.blocks)
+        n = f.last
         for k, e in enumerate(entries):
             if e.index != n + 1 + k:
                 raise ValueError(f"append to {name!r} at {e.index} leaves a gap after {n}")
@@ -257,16 +295,51 @@ class DiskStorage(ByteRanges):
         self._unsynced[name] = f
         extend_runs(f.runs, entries)
         extend_ends(f.ends, [len(e.data) for e in entries])
+        f.marks.extend((e.index, e.trim.below) for e in entries if e.trim is not None)
         self._remember(f, entries)
 
     def truncate(self, name: str, keep: int) -> None:
         f = self._files.get(name)
-        if f and len(f.log.blocks) > keep:
-            f.log.truncate(max(keep, 0))
-            self.syncs += 1
-            cut_runs(f.runs, keep)
-            del f.ends[max(keep, 0):]
-            self._forget(f, keep)
+        if not f or f.last <= keep:
+            return
+        keep = max(keep, 0)
+        if keep == 0:  # an empty, untrimmed log: the base block goes too
+            f.log.truncate(0)
+            f.nb, f.first, f.ends, f.marks = 0, 1, [], []
+        elif keep < f.first - 1:  # below the dropped prefix: nothing retained, the log ends at keep
+            f.rebase(keep + 1, runs_upto(f.runs, keep), keep=False)
+            self._unsynced.pop(name, None)
+        else:
+            f.log.truncate(f.nb + keep - f.first + 1)
+            del f.ends[keep - f.first + 1:]
+            f.marks = [mk for mk in f.marks if mk[0] <= keep]
+        self.syncs += 1
+        cut_runs(f.runs, keep)
+        self._forget(f, keep)
+
+    def trim(self, name: str, below: int) -> None:
+        """Rewrite the retained entries into a new file (a base block first) and rename it over the log:
+        see :meth:`hydfs.blockfile.BlockFile.copy_tail`. Durable at once, like a truncation."""
+        f = self._files.get(name)
+        if not f or below <= f.first:
+            return
+        if below > f.last + 1:
+            raise ValueError(f"trim of {name!r} below {below} past its end {f.last}")
+        f.rebase(below, runs_upto(f.runs, below - 1))
+        self._unsynced.pop(name, None)  # the copy was fsynced whole
+        self.syncs += 2
+        self._forget(f, f.last, below)
+
+    def install(self, name: str, first: int, runs: Runs) -> None:
+        f = self._file(name)
+        if first <= 1:
+            self.truncate(name, 0)
+            return
+        self._forget(f, 0)
+        f.rebase(first, runs, keep=False)
+        f.runs = list(runs)
+        self._unsynced.pop(name, None)
+        self.syncs += 2
 
     def drop(self, name: str) -> None:
         f = self._files.pop(name, None)

@@ -4,24 +4,62 @@ Two logs that hold an entry with the same (index, term) are identical up to it (
 accepts an entry after checking the one before), so a log is summarised by its runs of equal term:
 ``[(first_index, term), ...]``. That list is tiny (one item per primary change) and is enough to
 find where two logs diverge in one message instead of walking back one entry at a time.
+
+A trimmed log (see docs/hydfs.md, "Trim") keeps the runs of the entries it dropped: they were
+committed, so every log agrees with them, and comparing two logs never mistakes a dropped prefix
+for a divergence.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Runs = list[tuple[int, int]]  # (first index, term), ascending by index
 
 MAX_INT = (1 << 63) - 1
 MAX_ID = 256
+MAX_TABLE = 100_000  # clients / fence keys a trim marker may carry
+
+
+@dataclass(frozen=True, slots=True)
+class TrimMark:
+    """What makes an entry a trim marker: drop the entries below ``below`` once the marker is committed.
+    It carries the tables the dropped entries would otherwise take with them (cumulative over every
+    earlier trim): per client the highest trimmed seq (``floors``) and the fence table, so the tables
+    stay a function of the retained log."""
+
+    below: int
+    floors: dict[str, int] = field(hash=False)
+    fences: dict[str, int] = field(hash=False)
+
+    def to_wire(self) -> list[Any]:
+        return [self.below, self.floors, self.fences]
+
+    @classmethod
+    def from_wire(cls, v: object) -> TrimMark:
+        if not isinstance(v, (list, tuple)) or len(v) != 3:
+            raise ValueError("trim shape")
+        below, floors, fences = v
+        if not (_nat(below) and below >= 1):
+            raise ValueError("trim below")
+        return cls(below, _table(floors), _table(fences))
+
+
+def _table(v: object) -> dict[str, int]:
+    if not isinstance(v, dict) or len(v) > MAX_TABLE:
+        raise ValueError("trim table")
+    if not all(isinstance(k, str) and len(k) <= MAX_ID and _nat(x) for k, x in v.items()):
+        raise ValueError("trim table item")
+    return dict(v)
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One acknowledged-or-not append. ``fence``/``epoch`` record a fence so the table is derivable."""
+    """One acknowledged-or-not append. ``fence``/``epoch`` record a fence so the table is derivable;
+    ``trim`` makes the entry a trim marker (its data is empty)."""
 
     term: int
     index: int
@@ -30,16 +68,21 @@ class Entry:
     data: bytes
     fence: str | None = None
     epoch: int | None = None
+    trim: TrimMark | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.term, self.index, self.client_id, self.client_seq, self.data, self.fence, self.epoch]
+        out = [self.term, self.index, self.client_id, self.client_seq, self.data, self.fence, self.epoch]
+        if self.trim is not None:
+            out.append(self.trim.to_wire())
+        return out
 
     @classmethod
     def from_wire(cls, v: object) -> Entry:
         """Raises ValueError on anything that is not exactly a wire entry."""
-        if not isinstance(v, (list, tuple)) or len(v) != 7:
+        if not isinstance(v, (list, tuple)) or len(v) not in (7, 8):
             raise ValueError("entry shape")
-        term, index, cid, seq, data, fence, epoch = v
+        term, index, cid, seq, data, fence, epoch = v[:7]
+        trim = TrimMark.from_wire(v[7]) if len(v) == 8 else None
         if not (_nat(term) and _nat(index) and index >= 1 and _nat(seq)):
             raise ValueError("entry ints")
         if not isinstance(cid, str) or len(cid) > MAX_ID or not isinstance(data, bytes):
@@ -48,7 +91,7 @@ class Entry:
             raise ValueError("entry fence")
         if fence is not None and not (isinstance(fence, str) and len(fence) <= MAX_ID and _nat(epoch)):
             raise ValueError("entry fence")
-        return cls(term, index, cid, seq, data, fence, epoch)
+        return cls(term, index, cid, seq, data, fence, epoch, trim)
 
     def meta(self) -> dict[str, Any]:
         """Everything but the data, as a small msgpack-able dict (for block-file storage)."""
@@ -56,11 +99,14 @@ class Entry:
         if self.fence is not None:
             m["f"] = self.fence
             m["e"] = self.epoch
+        if self.trim is not None:
+            m["b"], m["fl"], m["fe"] = self.trim.below, self.trim.floors, self.trim.fences
         return m
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], data: bytes) -> Entry:
-        return cls(meta["t"], meta["i"], meta["c"], meta["s"], data, meta.get("f"), meta.get("e"))
+        trim = TrimMark(meta["b"], meta["fl"], meta["fe"]) if "b" in meta else None
+        return cls(meta["t"], meta["i"], meta["c"], meta["s"], data, meta.get("f"), meta.get("e"), trim)
 
 
 def _nat(v: object) -> bool:
@@ -95,6 +141,11 @@ def extend_runs(runs: Runs, entries: Iterable[Entry]) -> None:
     for e in entries:
         if not runs or runs[-1][1] != e.term:
             runs.append((e.index, e.term))
+
+
+def runs_upto(runs: Runs, index: int) -> Runs:
+    """The runs of entries 1..index (what a trimmed log keeps of its dropped prefix: its terms)."""
+    return [r for r in runs if r[0] <= index]
 
 
 def cut_runs(runs: Runs, keep: int) -> None:

@@ -36,6 +36,9 @@ DELETED = "deleted"          # the file was removed while the request waited
 NOT_READY = "not_ready"      # a replica read from a copy no primary has confirmed since restart
 IO_ERROR = "io_error"        # the node could not write (full disk, failing disk); ``primary`` says which
 OUT_OF_ORDER = "out_of_order"  # ``after`` precondition: the writer's previous append is not ordered yet (retry)
+TRIMMED = "trimmed"          # the append's (client id, seq) is at or below its client's trimmed floor: it was
+#                              ordered once and a trim dropped it, so it is not appended again
+TRIM_RANGE = "trim_range"    # a trim below an index past the marker's own (``last`` says the file's length)
 
 
 def _int(v: Any) -> int:
@@ -141,7 +144,7 @@ def _cond(v: Any) -> dict[str, Any]:
 
 _REPORT: dict[str, Check] = {
     "created": _opt(_int), "deleted": _opt(_pair), "last": _int, "last_term": _int, "runs": _pairs,
-    "ver": _opt(_pair), "isr": _ids, "trusted": _bool,
+    "ver": _opt(_pair), "isr": _ids, "trusted": _bool, "first": _opt(_pos),
 }
 
 SCHEMAS: dict[str, dict[str, Check]] = {
@@ -151,9 +154,11 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "fetch": {"f": _name, "term": _int, "start": _int, "stop": _int},
     "fetched": {"f": _name, "term": _int, "ok": _bool, "start": _int, "entries": _entries},
     "append": {"f": _name, "term": _int, "created": _int, "prev": _int, "prev_term": _int,
-               "entries": _entries, "commit": _int, "top": _int},
+               "entries": _entries, "commit": _int, "top": _int,
+               "base": _opt(_pairs)},  # install: drop every entry, the log ends at prev with these terms
     "append_ack": {"f": _name, "term": _int, "ok": _bool, "promised": _int, "match": _int, "last": _int,
-                   "runs": _opt(_pairs), "ver": _opt(_pair), "trusted": _bool, "io": _opt(_bool)},
+                   "runs": _opt(_pairs), "ver": _opt(_pair), "trusted": _bool, "io": _opt(_bool),
+                   "first": _opt(_pos)},
     "set_isr": {"f": _name, "term": _int, "ver": _pair, "isr": _ids, "created": _opt(_int),
                 "commit": _int},
     "isr_ack": {"f": _name, "term": _int, "ok": _bool, "promised": _int, "ver": _pair, "trusted": _bool},
@@ -165,6 +170,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "c_create": {"rid": _int, "f": _name, "client": _str, "seq": _int, "data": _bytes},
     "c_append": {"rid": _int, "f": _name, "client": _str, "seq": _int, "data": _bytes,
                  "cond": _opt(_cond)},
+    "c_trim": {"rid": _int, "f": _name, "client": _str, "seq": _int, "below": _pos, "cond": _opt(_cond)},
     "c_get": {"rid": _int, "f": _name, "start": _int, "limit": _int, "replica_ok": _bool},
     "c_read": {"rid": _int, "f": _name, "off": _int, "len": _int, "replica_ok": _bool},  # committed bytes
     "c_merge": {"rid": _int, "f": _name},
@@ -179,7 +185,7 @@ SCHEMAS: dict[str, dict[str, Check]] = {
 REPLY_FIELDS: dict[str, Check] = {
     "index": _int, "commit": _int, "entries": _read_items, "primary": _opt(_str), "replicas": _ids,
     "isr": _ids, "term": _int, "last": _int, "files": lambda v: [_name(x) for x in _list(v)],
-    "checked": _int, "data": _bytes, "size": _int,
+    "checked": _int, "data": _bytes, "size": _int, "first": _pos,
 }
 
 CLIENT_TYPES = frozenset(t for t in SCHEMAS if t.startswith("c_"))
@@ -209,6 +215,8 @@ def parse(msg: object) -> Msg | None:
                     out[key] = check(msg[key])
         if out.get("runs") is not None:
             out["runs"] = valid_runs(out["runs"], out["last"])
+        if out.get("base") is not None:
+            out["base"] = valid_runs(out["base"], out["prev"])
     except ValueError:  # Bad, or bad runs
         return None
     return out

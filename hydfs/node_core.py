@@ -19,7 +19,7 @@ from typing import Any
 from hydfs import replica
 from hydfs.context import CoreConfig, FileVol
 from hydfs.messages import CLIENT_TYPES, IO_ERROR, NOT_FOUND, NOT_PRIMARY, NOT_READY, Msg, parse, reply
-from hydfs.primary import FilePrimary, committed_range, range_reply
+from hydfs.primary import FilePrimary, committed_range, get_reply, range_reply
 from hydfs.ring import Ring
 from hydfs.storage import Storage
 
@@ -307,10 +307,7 @@ class NodeCore:
         if m["t"] == "c_read":
             self.send(src, range_reply(self.storage, name, m, commit, self.config.range_bytes))
             return
-        start = max(m["start"], 1)
-        stop = min(commit, start + min(max(m["limit"], 1), self.config.read_limit) - 1) + 1
-        items = [[e.index, e.data] for e in self.storage.read(name, start, stop, self.config.batch_bytes)]
-        self.send(src, reply(m["rid"], entries=items, commit=commit))
+        self.send(src, get_reply(self.storage, name, m, commit, self.config.read_limit, self.config.batch_bytes))
 
     # ----------------------------------------------------------------- leading and holding
 

@@ -20,6 +20,11 @@ a time by a versioned ``set_isr`` that every live node of the old and new set pe
 takes effect: a member the membership layer declared failed leaves; a replica joins once it has the
 whole log; a member that no longer owns the file leaves once all owners are in. Writes pause while
 a change is pending.
+
+Trim (``c_trim``): a marker entry ordered like any append (fenced, idempotent, replicated); every
+copy drops the entries below it once it knows the marker committed. A replica whose log ends below
+our first entry is installed from it (the ``base`` of an append), and a takeover whose best answer
+starts past our common prefix installs our own copy before it fetches.
 """
 
 from __future__ import annotations
@@ -29,14 +34,25 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydfs.conditions import Tables, check, fence_of
+from hydfs.conditions import Tables, check, fence_of, refuse_trimmed
 from hydfs.context import Host, Report, report_of
-from hydfs.entries import Entry, Runs, common_prefix, extend_runs, term_at
-from hydfs.messages import BUSY, DELETED, EXISTS, NOT_FOUND, NOT_PRIMARY, Msg, entries_wire, reply
-from hydfs.storage import FileMeta, Storage, Version
+from hydfs.entries import Entry, Runs, TrimMark, common_prefix, extend_runs, runs_upto, term_at
+from hydfs.messages import (
+    BUSY,
+    DELETED,
+    EXISTS,
+    NOT_FOUND,
+    NOT_PRIMARY,
+    TRIM_RANGE,
+    Msg,
+    entries_wire,
+    reply,
+    runs_wire,
+)
+from hydfs.storage import FileMeta, Storage, Version, apply_trims
 
 PREPARE, FETCH, SYNC, ACTIVE = "prepare", "fetch", "sync", "active"
-WRITES = frozenset({"c_append", "c_create", "c_rm"})
+WRITES = frozenset({"c_append", "c_create", "c_rm", "c_trim"})
 
 
 def committed_range(storage: Storage, name: str, offset: int, length: int, commit: int,
@@ -46,6 +62,16 @@ def committed_range(storage: Storage, name: str, offset: int, length: int, commi
     size = storage.data_end(name, commit)
     off = min(offset, size)
     return storage.read_bytes(name, off, min(length, size - off, cap)), size
+
+
+def get_reply(storage: Storage, name: str, m: Msg, commit: int, limit: int, max_bytes: int) -> Msg:
+    """The answer to a page of ``get`` (``c_get``): entries from ``start`` (or the copy's first entry,
+    if a trim dropped those before it) up to ``commit``, and the copy's first index."""
+    first = storage.first(name)
+    start = max(m["start"], first)
+    stop = min(commit, start + min(max(m["limit"], 1), limit) - 1) + 1
+    items = [[e.index, e.data] for e in storage.read(name, start, stop, max_bytes)]
+    return reply(m["rid"], entries=items, commit=commit, first=first)
 
 
 def range_reply(storage: Storage, name: str, m: Msg, commit: int, cap: int) -> Msg:
@@ -70,6 +96,7 @@ class Peer:
     flight_bytes: int = 0
     io_failed: bool = False    # its last answer: it could not write (full or failing disk)
     progress: float = 0.0      # when it was created, its match last advanced or it was last caught up
+    first: int = 1             # its first index as it last reported it (behind ours: a trim it owes)
 
     def rewind(self, nxt: int) -> None:
         """Send again from ``nxt``: whatever was in flight is presumed lost."""
@@ -252,7 +279,7 @@ class FilePrimary:
                 if p.sent <= due and (p.match < self.last or p.last != self.last):
                     p.rewind(p.match + 1 if p.match >= 0 else self.last + 1)
                     self._pump(x, now, force=True)
-                elif p.commit_sent < self.commit and p.sent <= now - self.cfg.retry / 2:
+                elif (p.commit_sent < self.commit or self._owes_trim(p)) and p.sent <= now - self.cfg.retry / 2:
                     self._pump(x, now, force=True)
                 self._refresh_isr(x, p, now)
             if self.pending:
@@ -342,6 +369,11 @@ class FilePrimary:
             else:
                 common = common_prefix(own.runs, own.last, best.runs, best.last)
                 self.h.storage.truncate(self.name, common)
+            if best.first > common + 1:
+                # The best copy no longer holds what follows our common prefix (a committed trim
+                # dropped it): start from its first entry, as a replica would be installed.
+                self.h.storage.install(self.name, best.first, runs_upto(best.runs, best.first - 1))
+                common = best.first - 1
             self._load_tail()
             if best_node != self.me and best.last > common:
                 self.phase, self.source = FETCH, best_node
@@ -364,6 +396,9 @@ class FilePrimary:
         entries: list[Entry] = m["entries"]
         if m["start"] != self.fetch_next:
             return True  # a duplicate of an earlier answer
+        if entries and entries[0].index > self.fetch_next:
+            self.close()  # the source trimmed what we asked for since it answered: take over again
+            return True
         if not entries or entries[0].index != self.fetch_next or entries[-1].index >= self.fetch_stop or any(
                 e.index != self.fetch_next + k for k, e in enumerate(entries)) or entries[0].term < self.last_term:
             return False
@@ -452,7 +487,8 @@ class FilePrimary:
             self.commit = self.last
             self.h.vol(self.name).commit = self.commit
             self.tables = Tables()
-            for start in range(1, self.last + 1, self.cfg.batch_entries):
+            first = self._apply_trims()
+            for start in range(first, self.last + 1, self.cfg.batch_entries):
                 self.tables.add(self.h.storage.read(self.name, start, start + self.cfg.batch_entries))
             self._become_open(now)
             return
@@ -544,11 +580,16 @@ class FilePrimary:
         if self.created is None or (p.io_failed and not force):
             return  # a peer that could not write is tried again once per retry, with one batch
         sent = False
+        first = self.h.storage.first(self.name)
         while (p.next <= self.last and p.match >= 0 and not (sent and p.io_failed)
                and (not p.flight or p.flight_bytes < self.cfg.window_bytes)):
+            base: Runs | None = None
+            if p.next < first:  # it lacks entries we dropped: it is installed from our first entry
+                p.next = first
+                base = runs_upto(self.runs, first - 1)
             stop = min(self.last + 1, p.next + self.cfg.batch_entries)
             entries = self.h.storage.read(self.name, p.next, stop, self.cfg.batch_bytes)
-            self._send_append(x, p.next - 1, entries, now)
+            self._send_append(x, p.next - 1, entries, now, base)
             size = sum(len(e.data) for e in entries)
             p.flight.append((entries[-1].index, size))
             p.flight_bytes += size
@@ -557,14 +598,16 @@ class FilePrimary:
         if force and not sent:
             self._send_append(x, self.last, [], now)
 
-    def _send_append(self, x: str, prev: int, entries: list[Entry], now: float) -> None:
+    def _send_append(self, x: str, prev: int, entries: list[Entry], now: float,
+                     base: Runs | None = None) -> None:
         p = self.peers.get(x)
         if p is not None:
             p.sent, p.commit_sent = now, self.commit
         assert self.created is not None
         self.h.send(x, {"t": "append", "f": self.name, "term": self.term, "created": self.created, "prev": prev,
                         "prev_term": term_at(self.runs, self.last, prev), "entries": entries_wire(entries),
-                        "commit": self.commit, "top": self.last})
+                        "commit": self.commit, "top": self.last,
+                        "base": runs_wire(base) if base is not None else None})
 
     def _version_check(self, x: str, now: float) -> None:
         """One empty append at our end: a replica that agrees answers ok with our length."""
@@ -581,6 +624,7 @@ class FilePrimary:
         if p is None or self.phase in (PREPARE, FETCH):
             return
         p.last, p.ver, p.trusted = m["last"], m["ver"], m["trusted"]
+        p.first = m.get("first") or 1
         p.acks += 1
         if m["ok"]:
             if m["match"] > self.last:
@@ -605,6 +649,11 @@ class FilePrimary:
         self._merges_progress()
         self._refresh_isr(src, p, now)
         self._reconfigure(now)
+
+    def _owes_trim(self, p: Peer) -> bool:
+        """A caught-up replica that has not carried out a trim we did: the message that told it the
+        marker's commit may have been lost, and no other is due, so it is told again (a heartbeat)."""
+        return p.match == self.last and p.first < self.h.storage.first(self.name)
 
     def _write_failed(self, x: str, now: float) -> None:
         """A replica could not write (full or failing disk). For this file it is as good as failed:
@@ -644,9 +693,23 @@ class FilePrimary:
             return
         old, self.commit = self.commit, c
         self.h.vol(self.name).commit = c
+        first = self._apply_trims()
         for idx in range(old + 1, c + 1):
             for src, rid in self.waiters.pop(idx, ()):
-                self.h.send(src, reply(rid, index=idx, commit=c))
+                self.h.send(src, reply(rid, index=idx, commit=c, first=first))
+
+    def _apply_trims(self) -> int:
+        """Carry out the trims acknowledged so far; the dedup table forgets what they dropped."""
+        before = self.h.storage.first(self.name)
+        try:
+            first = apply_trims(self.h.storage, self.name, self.commit)
+        except OSError as exc:  # a full disk has no room for the copy: the entries stay until a later try
+            self.h.note("trim_failed", file=self.name, error=f"{exc.strerror or exc}")
+            return before
+        if first != before:
+            self.tables.prune(first)
+            self.h.note("trim", file=self.name, term=self.term, first=first, last=self.last)
+        return first
 
     # ----------------------------------------------------------------- client operations
 
@@ -682,13 +745,16 @@ class FilePrimary:
         t, rid = m["t"], m["rid"]
         if t == "c_ls":
             self.h.send(src, reply(rid, replicas=self.h.replicas(self.name), isr=list(self.isr),
-                                   term=self.term, commit=self.commit, last=self.last))
+                                   term=self.term, commit=self.commit, last=self.last,
+                                   first=self.h.storage.first(self.name)))
         elif t == "c_create":
             self._create(src, m, now)
         elif self.created is None:
             self.h.send(src, reply(rid, NOT_FOUND))
         elif t == "c_append":
             self._append(src, m, now)
+        elif t == "c_trim":
+            self._append(src, m, now, trim=m["below"])
         elif t == "c_get":
             self._get(src, m)
         elif t == "c_read":
@@ -705,27 +771,29 @@ class FilePrimary:
             self._rm(src, rid, now)
 
     def _get(self, src: str, m: Msg) -> None:
-        start = max(m["start"], 1)
-        stop = min(self.commit, start + min(max(m["limit"], 1), self.cfg.read_limit) - 1) + 1
-        items = [[e.index, e.data] for e in self.h.storage.read(self.name, start, stop, self.cfg.batch_bytes)]
-        self.h.send(src, reply(m["rid"], entries=items, commit=self.commit))
+        self.h.send(src, get_reply(self.h.storage, self.name, m, self.commit, self.cfg.read_limit,
+                                   self.cfg.batch_bytes))
 
-    def _append(self, src: str, m: Msg, now: float) -> None:
+    def _append(self, src: str, m: Msg, now: float, trim: int | None = None) -> None:
+        """An append, or with ``trim`` a trim marker (empty data) dropping the entries below ``trim``."""
         rid = m["rid"]
         idx = self.tables.dedup.get((m["client"], m["seq"]))
         if idx is not None:
             if idx <= self.commit:
-                self.h.send(src, reply(rid, index=idx, commit=self.commit))
+                self.h.send(src, reply(rid, index=idx, commit=self.commit, first=self.h.storage.first(self.name)))
             else:
                 self.waiters.setdefault(idx, []).append((src, rid))
             return
         cond = m.get("cond")
-        err = check(cond, self.tables, self.last, m["client"])
+        err = refuse_trimmed(self.tables, m["client"], m["seq"]) or check(cond, self.tables, self.last, m["client"])
+        if err is None and trim is not None and trim > self.last + 1:
+            err = TRIM_RANGE  # below the marker's own index at most: a trim never drops what follows it
         if err:
             self.h.send(src, reply(rid, err, last=self.last, commit=self.commit))
             return
         fence, epoch = fence_of(cond)
-        e = Entry(self.term, self.last + 1, m["client"], m["seq"], m["data"], fence, epoch)
+        mark: TrimMark | None = self.tables.mark(trim) if trim is not None else None
+        e = Entry(self.term, self.last + 1, m["client"], m["seq"], b"" if mark else m["data"], fence, epoch, mark)
         self.h.storage.append(self.name, [e])
         self.tables.add([e])
         self.last, self.last_term = e.index, e.term
@@ -738,7 +806,9 @@ class FilePrimary:
     def _create(self, src: str, m: Msg, now: float) -> None:
         if self.created is not None:
             first = self.h.storage.read(self.name, 1, 2)
-            if not first or (first[0].client_id, first[0].client_seq) == (m["client"], m["seq"]):
+            key = (m["client"], m["seq"])
+            if self.last == 0 or (first and (first[0].client_id, first[0].client_seq) == key) or (
+                    not first and self.tables.trimmed(*key)):  # (a retry of a create a trim dropped)
                 # A retry of the create that made this file - or of one whose first entry died with
                 # its primary after the file's in-sync set was installed: a file is created by its
                 # first entry, so whoever writes entry 1 of an empty incarnation created it.
@@ -855,5 +925,6 @@ class FilePrimary:
 
     def describe(self) -> dict[str, Any]:
         return {"term": self.term, "phase": self.phase, "open": self.open, "last": self.last,
+                "first": self.h.storage.first(self.name),
                 "commit": self.commit, "isr": list(self.isr), "ver": self.ver,
                 "peers": {x: (p.match, p.last) for x, p in self.peers.items()}}

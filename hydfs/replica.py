@@ -2,15 +2,20 @@
 
 A replica obeys exactly one primary per term (the one it promised the term to), rejects lower
 terms, never accepts an entry that leaves a gap, and truncates only a suffix its primary shows to
-be divergent. Everything it acknowledges is in storage before the acknowledgement is sent.
+be divergent. Everything it acknowledges is in storage before the acknowledgement is sent. It carries
+out a trim marker once its primary shows the marker committed; a copy that ends below its primary's
+first entry is *installed* (Raft's InstallSnapshot, the retained entries being the snapshot): it drops
+every entry and continues from the primary's first one.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from hydfs.context import Host, report_of
 from hydfs.entries import Entry, check_contiguous, term_at
 from hydfs.messages import Msg, entries_wire, runs_wire
-from hydfs.storage import FileMeta
+from hydfs.storage import FileMeta, apply_trims
 
 
 def _promise(h: Host, name: str, term: int, src: str) -> tuple[FileMeta, bool]:
@@ -57,21 +62,29 @@ def on_fetch(h: Host, src: str, m: Msg) -> None:
 def on_append(h: Host, src: str, m: Msg) -> bool:
     """Returns False for a message that is well-formed but self-contradictory (counted by caller)."""
     name, entries, prev = m["f"], m["entries"], m["prev"]
+    base = m.get("base")
     if not check_contiguous(entries, prev + 1) or any(e.term > m["term"] for e in entries) or (
-            entries and entries[0].term < m["prev_term"]) or m["top"] < prev + len(entries):
+            entries and entries[0].term < m["prev_term"]) or m["top"] < prev + len(entries) or (
+            base is not None and term_at(base, prev, prev) != m["prev_term"]):
         return False
     meta, ok = _promise(h, name, m["term"], src)
     vol = h.vol(name)
     if not ok:
         last, _ = h.storage.last(name)
-        h.send(src, _ack(m, False, meta.term, 0, last, None, meta, vol.trusted))
+        h.send(src, _ack(m, False, meta.term, 0, last, None, meta, vol.trusted, h.storage.first(name)))
         return True
     if meta.created != m["created"] or meta.deleted is not None:
         _renew(h, name, meta, m["created"])
     last, last_term = h.storage.last(name)
     if prev > last or (term_at(h.storage.runs(name), last, prev) if prev < last else last_term) != m["prev_term"]:
-        h.send(src, _ack(m, False, meta.term, 0, last, h.storage.runs(name), meta, vol.trusted))
-        return True
+        if base is None:
+            h.send(src, _ack(m, False, meta.term, 0, last, h.storage.runs(name), meta, vol.trusted,
+                             h.storage.first(name)))
+            return True
+        # The primary has nothing below prev + 1 (trimmed: committed), and we lack or contradict prev,
+        # so nothing we hold is of use: continue from the primary's first entry.
+        h.storage.install(name, prev + 1, base)
+        last = prev
     k = 0
     if entries and entries[0].index <= last:
         runs = h.storage.runs(name)
@@ -90,15 +103,18 @@ def on_append(h: Host, src: str, m: Msg) -> bool:
         h.storage.truncate(name, top)
         last = top
     vol.commit = max(vol.commit, min(m["commit"], match))
-    h.send(src, _ack(m, True, meta.term, match, last, None, meta, vol.trusted))
+    with contextlib.suppress(OSError):  # a full disk has no room for the copy: tried again next time
+        apply_trims(h.storage, name, min(m["commit"], match))
+    h.send(src, _ack(m, True, meta.term, match, last, None, meta, vol.trusted, h.storage.first(name)))
     return True
 
 
 def _ack(m: Msg, ok: bool, promised: int, match: int, last: int, runs: list[tuple[int, int]] | None,
-         meta: FileMeta, trusted: bool) -> Msg:
+         meta: FileMeta, trusted: bool, first: int = 1) -> Msg:
+    """``first``: our first index, by which the primary tells a trim we have not carried out yet."""
     return {"t": "append_ack", "f": m["f"], "term": m["term"], "ok": ok, "promised": promised,
             "match": match, "last": last, "runs": runs_wire(runs) if runs is not None else None,
-            "ver": list(meta.ver) if meta.ver else None, "trusted": trusted}
+            "ver": list(meta.ver) if meta.ver else None, "trusted": trusted, "first": first}
 
 
 def io_nack(h: Host, m: Msg) -> Msg:

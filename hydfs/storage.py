@@ -1,7 +1,8 @@
 """What a node keeps durably per file, behind a small interface the disk implementation also meets.
 
-Only this survives a crash: the log entries and :class:`FileMeta` (the promised term, the in-sync set
-and its version, whether the file is live or deleted). Commit indexes, trust, leader state and the
+Only this survives a crash: the log entries (from the file's first index, with the terms of a
+trimmed prefix) and :class:`FileMeta` (the promised term, the in-sync set and its version, whether the
+file is live or deleted). Commit indexes, trust, leader state and the
 idempotency/fence tables are rebuilt after a restart.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hydfs.entries import Entry, Runs, cut_runs, extend_runs
+from hydfs.entries import Entry, Runs, cut_runs, extend_runs, term_at
 
 Version = tuple[int, int]  # (term, seq) of an in-sync-set change; totally ordered, unique per primary
 
@@ -49,9 +50,10 @@ class Storage(Protocol):
     I/O edge calls ``sync`` before it sends any message, so nothing another node or a client hears of
     can be lost (group commit: one sync covers every write of a batch of messages).
 
-    Entries are numbered 1..last with no gaps; ``append`` always continues at ``last + 1``.
-    ``runs`` is the term-run summary of the log (see :mod:`hydfs.entries`); an implementation keeps
-    it alongside the log so it never has to scan entries.
+    Entries are numbered ``first..last`` with no gaps; ``append`` always continues at ``last + 1``.
+    ``first`` is 1 until a trim drops a prefix (see :meth:`trim`); indexes never change.
+    ``runs`` is the term-run summary of the log from index 1, the dropped prefix included (see
+    :mod:`hydfs.entries`); an implementation keeps it alongside the log so it never has to scan entries.
     """
 
     def names(self) -> list[str]:
@@ -65,29 +67,49 @@ class Storage(Protocol):
     def put_meta(self, name: str, meta: FileMeta) -> None: ...
 
     def last(self, name: str) -> tuple[int, int]:
-        """(last index, its term); (0, 0) for an empty or unknown log."""
+        """(last index, its term); (0, 0) for an empty or unknown log. A log trimmed to nothing (an
+        install) ends at ``first - 1``, whose term the runs still know."""
+        ...
+
+    def first(self, name: str) -> int:
+        """Index of the first retained entry (1 for a log never trimmed; ``last + 1`` if it holds none)."""
+        ...
+
+    def marks(self, name: str) -> list[tuple[int, int]]:
+        """(index, below) of the trim markers in the retained log, ascending: kept alongside the log so
+        applying a trim never scans entries."""
         ...
 
     def runs(self, name: str) -> Runs: ...
 
     def read(self, name: str, start: int, stop: int, max_bytes: int | None = None) -> list[Entry]:
-        """Entries with ``start <= index < stop`` (clipped to the log); with ``max_bytes``, only as many
-        as fit in that many data bytes (at least one), so a batch never reads data it will not send."""
+        """Entries with ``start <= index < stop`` (clipped to ``first..last``); with ``max_bytes``, only as
+        many as fit in that many data bytes (at least one), so a batch never reads data it will not send."""
         ...
 
     def data_end(self, name: str, index: int) -> int:
-        """Data bytes of entries 1..index (clipped to the log): where entry index + 1 starts. O(1)."""
+        """Data bytes of the retained entries ``first..index`` (clipped): where entry index + 1 starts. O(1)."""
         ...
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
-        """Bytes ``[offset, offset + length)`` of the entries' concatenated data (fewer at the end of the
-        log), reading only those bytes: O(log entries + length)."""
+        """Bytes ``[offset, offset + length)`` of the retained entries' concatenated data (fewer at the end
+        of the log), reading only those bytes: O(log entries + length)."""
         ...
 
     def append(self, name: str, entries: Sequence[Entry]) -> None: ...
 
     def truncate(self, name: str, keep: int) -> None:
-        """Keep entries 1..keep, drop the rest."""
+        """Keep entries up to ``keep``, drop the rest (``keep = 0``: an empty, untrimmed log)."""
+        ...
+
+    def trim(self, name: str, below: int) -> None:
+        """Drop the entries below ``below`` (at most ``last + 1``), durably at once; the runs stay. Its cost
+        follows the retained entries, not the dropped ones."""
+        ...
+
+    def install(self, name: str, first: int, runs: Runs) -> None:
+        """Drop every entry: the log now ends at ``first - 1`` and ``runs`` are its terms up to there (a
+        replica brought to a primary whose log starts past this one's end), durably at once."""
         ...
 
     def drop(self, name: str) -> None:
@@ -97,6 +119,19 @@ class Storage(Protocol):
     def sync(self) -> None:
         """Make every write so far durable."""
         ...
+
+
+def apply_trims(storage: Storage, name: str, commit: int) -> int:
+    """Carry out the trim markers at or below ``commit`` (known acknowledged on this copy); returns the
+    file's first index. Only committed markers act: an uncommitted one may still be cut as a divergent
+    suffix, and a copy that had dropped the entries below it would then lack entries the surviving log
+    keeps."""
+    first = storage.first(name)
+    below = max((b for i, b in storage.marks(name) if i <= commit), default=0)
+    if below > first:
+        storage.trim(name, below)
+        first = storage.first(name)
+    return first
 
 
 def fit(entries: Sequence[Entry], max_bytes: int | None) -> int:
@@ -151,7 +186,7 @@ class ByteRanges:
 
     def data_end(self, name: str, index: int) -> int:
         f = self._files.get(name)
-        return end_at(f.ends, index) if f else 0
+        return end_at(f.ends, index - f.first + 1) if f else 0
 
     def read_bytes(self, name: str, offset: int, length: int) -> bytes:
         f = self._files.get(name)
@@ -166,9 +201,15 @@ class ByteRanges:
 @dataclass
 class _MemFile:
     meta: FileMeta | None = None
+    first: int = 1                                  # index of entries[0]
     entries: list[Entry] = field(default_factory=list)
     runs: Runs = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # prefix sums of the entries' data sizes
+    marks: list[tuple[int, int]] = field(default_factory=list)  # (index, below) of trim markers
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.entries) - 1
 
 
 class MemoryStorage(ByteRanges):
@@ -177,18 +218,19 @@ class MemoryStorage(ByteRanges):
     def __init__(self) -> None:
         self._files: dict[str, _MemFile] = {}
         self.writes = 0
-        self.flushed: dict[str, int] = {}  # entries known on disk, for the simulator's machine crashes
+        self.flushed: dict[str, int] = {}  # last index known on disk, for the simulator's machine crashes
 
     def flush_data(self) -> None:
         """What ``fsync = "interval"`` does every ``fsync_interval``: the logs so far reach the disk."""
-        self.flushed = {n: len(f.entries) for n, f in self._files.items()}
+        self.flushed = {n: f.last for n, f in self._files.items()}
 
     def lose_unflushed(self, pick: Callable[[int, int], int]) -> None:
-        """A machine crash: each log keeps ``pick(flushed, length)`` entries (some of what the page cache
-        held may have reached the disk), metadata stays (it is always synced before it is sent)."""
+        """A machine crash: each log keeps entries up to ``pick(flushed, last)`` (some of what the page
+        cache held may have reached the disk), metadata stays (it is always synced before it is sent),
+        and so does a trim (synced at once)."""
         for name, f in self._files.items():
-            keep = pick(min(self.flushed.get(name, 0), len(f.entries)), len(f.entries))
-            self.truncate(name, keep)
+            lo = max(min(self.flushed.get(name, 0), f.last), f.first - 1)
+            self.truncate(name, pick(lo, f.last))
 
     def names(self) -> list[str]:
         return sorted(self._files)
@@ -203,10 +245,20 @@ class MemoryStorage(ByteRanges):
 
     def last(self, name: str) -> tuple[int, int]:
         f = self._files.get(name)
-        if not f or not f.entries:
+        if not f or f.last == 0:
             return (0, 0)
+        if not f.entries:
+            return (f.last, term_at(f.runs, f.last, f.last))
         e = f.entries[-1]
         return (e.index, e.term)
+
+    def first(self, name: str) -> int:
+        f = self._files.get(name)
+        return f.first if f else 1
+
+    def marks(self, name: str) -> list[tuple[int, int]]:
+        f = self._files.get(name)
+        return list(f.marks) if f else []
 
     def runs(self, name: str) -> Runs:
         f = self._files.get(name)
@@ -216,17 +268,18 @@ class MemoryStorage(ByteRanges):
         f = self._files.get(name)
         if not f:
             return []
-        out = f.entries[max(start, 1) - 1:max(stop - 1, 0)]
+        out = f.entries[max(start - f.first, 0):max(stop - f.first, 0)]
         return out[:fit(out, max_bytes)]
 
     def append(self, name: str, entries: Sequence[Entry]) -> None:
         f = self._files.setdefault(name, _MemFile())
         for k, e in enumerate(entries):
-            if e.index != len(f.entries) + 1 + k:
-                raise ValueError(f"append to {name!r} at {e.index} leaves a gap after {len(f.entries)}")
+            if e.index != f.last + 1 + k:
+                raise ValueError(f"append to {name!r} at {e.index} leaves a gap after {f.last}")
         f.entries.extend(entries)
         extend_runs(f.runs, entries)
         extend_ends(f.ends, [len(e.data) for e in entries])
+        f.marks.extend((e.index, e.trim.below) for e in entries if e.trim is not None)
         self.writes += 1
 
     def _piece(self, f: _MemFile, k: int, start: int, n: int) -> bytes:
@@ -234,13 +287,38 @@ class MemoryStorage(ByteRanges):
 
     def truncate(self, name: str, keep: int) -> None:
         f = self._files.get(name)
-        if f and len(f.entries) > keep:
-            del f.entries[max(keep, 0):]
-            del f.ends[max(keep, 0):]
+        if f and f.last > keep:
+            keep = max(keep, 0)
+            if keep < f.first - 1:  # below the trimmed prefix: nothing retained, the log ends at keep
+                f.first = keep + 1
+            del f.entries[keep - f.first + 1:]
+            del f.ends[keep - f.first + 1:]
             cut_runs(f.runs, keep)
+            f.marks = [mk for mk in f.marks if mk[0] <= keep]
             self.writes += 1
             if self.flushed.get(name, 0) > keep:
                 self.flushed[name] = keep  # a truncation is synced at once (see hydfs.blockfile)
+
+    def trim(self, name: str, below: int) -> None:
+        f = self._files.get(name)
+        if not f or below <= f.first:
+            return
+        if below > f.last + 1:
+            raise ValueError(f"trim of {name!r} below {below} past its end {f.last}")
+        k = below - f.first
+        total = f.ends[k - 1] if k else 0
+        f.entries = f.entries[k:]  # a copy of the tail: the cost of the retained entries
+        f.ends = [n - total for n in f.ends[k:]]
+        f.marks = [mk for mk in f.marks if mk[0] >= below]
+        f.first = below
+        self.flushed[name] = max(self.flushed.get(name, 0), f.last)  # rewritten and synced at once
+        self.writes += 1
+
+    def install(self, name: str, first: int, runs: Runs) -> None:
+        f = self._files.setdefault(name, _MemFile())
+        f.first, f.entries, f.ends, f.marks, f.runs = first, [], [], [], list(runs)
+        self.flushed[name] = first - 1
+        self.writes += 1
 
     def drop(self, name: str) -> None:
         self._files.pop(name, None)
@@ -251,6 +329,6 @@ class MemoryStorage(ByteRanges):
         that wrote, which is the order the disk edge keeps by syncing before it sends."""
 
     def entries(self, name: str) -> list[Entry]:
-        """The whole log (tests and the simulator only)."""
+        """The whole retained log (tests and the simulator only)."""
         f = self._files.get(name)
         return list(f.entries) if f else []

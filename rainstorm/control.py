@@ -9,7 +9,10 @@ other node forwards the request to the leader it knows, and during an election w
 
 On the leader, gossip is the failure detector and the controller the judge: whenever the leader's
 gossip view of live nodes differs from the committed one, it proposes a ``members`` command, and the
-committed command moves the tasks (see :mod:`rainstorm.controller`).
+committed command moves the tasks (see :mod:`rainstorm.controller`). The leader also finishes every
+committed removal of an ended run (``rainstorm rm``, or its own ``rm`` once ``retention`` passed):
+it deletes the run's HyDFS files, waits a bounded time for the live workers to report its Redis keys
+deleted, and commits ``drop``. A new leader picks up a removal its predecessor left half done.
 """
 
 from __future__ import annotations
@@ -19,28 +22,40 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from gossip.transport import GossipNode
+from hydfs.api import Client, HydfsError
 from net.rpc import RemoteError, RpcClient, RpcError, RpcServer, Unreachable
 from raft.config import RaftConfig
 from raft.core import NotLeader
 from raft.driver import ProposalLost, RaftNode
 from raft.messages import Entry
 from raft.storage import DiskStorage
-from rainstorm.controller import MALFORMED, RUNNING, UNKNOWN, Controller
+from rainstorm.controller import MALFORMED, RUNNING, UNKNOWN, Controller, run_files
 
 log = logging.getLogger(__name__)
 
 NOT_LEADER, NO_LEADER = "not_leader", "no_leader"      # typed codes of this front door
 MAX_WAIT = 5.0   # the longest a long poll (table, wait) is held open
 FORWARD_TIMEOUT = 2.0   # one forwarded attempt waits this long for the leader (plus a long poll's hold)
+SWEEP_PERIOD = 0.5      # the leader looks for runs to remove (rm, retention) at least this often
+REMOVED_KEPT = 256      # summaries of finished removals the leader keeps for `rainstorm rm` to show
+GONE = ("not_found", "deleted")   # HyDFS codes that mean a file to remove is not there (any more)
 
 
 @dataclass
@@ -53,6 +68,8 @@ class ControlConfig:
     request_timeout: float = 10.0    # a request waits this long for a leader (elections) before it fails
     hydfs_view: str = "committed"    # HyDFS acts on the controller's committed live set; "gossip": on the
     #                                  node's own gossip view (unsafe under partitions: the bench's baseline)
+    retention: float = 604800.0      # an ended run is removed (logs, Redis keys, record) this long after it
+    #                                  ended (s); 0: kept until `rainstorm rm` (docs/configuration.md)
 
     def raft(self) -> RaftConfig:
         return RaftConfig(heartbeat=self.heartbeat, election_timeout=self.election_timeout,
@@ -67,8 +84,10 @@ class ControlError(Exception):
         self.code = code
 
 
-def command(name: str, a: dict[str, Any], limit: int) -> dict[str, Any]:
-    """The controller command a request proposes (the simulator proposes the same ones)."""
+def command(name: str, a: dict[str, Any], limit: int, now: float | None = None) -> dict[str, Any]:
+    """The controller command a request proposes (the simulator proposes the same ones). ``now``: the
+    proposer's wall clock, recorded as when a run ended or an rm was asked (retention counts from it)."""
+    at = {} if now is None else {"at": now}
     if name == "submit":
         spec, tasks = a.get("spec"), a.get("tasks")
         if not isinstance(a.get("name"), str) or not isinstance(spec, dict) or not isinstance(tasks, list):
@@ -76,10 +95,15 @@ def command(name: str, a: dict[str, Any], limit: int) -> dict[str, Any]:
         return {"op": "submit", "name": a["name"], "spec": spec, "tasks": tasks, "limit": limit,
                 "sub": str(a.get("sub", ""))}
     if name == "stop":
-        return {"op": "stop", "name": str(a.get("name"))}
+        return {"op": "stop", "name": str(a.get("name")), **at}
     if name == "report":
         return {"op": "report", "run": a.get("run"), "task": a.get("task"), "epoch": a.get("epoch"),
-                "status": a.get("status"), "error": a.get("error")}
+                "status": a.get("status"), "error": a.get("error"), **at}
+    if name == "rm":
+        run = a.get("run")
+        if not isinstance(a.get("name"), str) or not (run is None or type(run) is int):
+            raise ControlError(MALFORMED, "malformed rm")
+        return {"op": "rm", "name": a["name"], "run": run, "deadletters": bool(a.get("deadletters")), **at}
     if name == "hello":
         return {"op": "hello", "node": a.get("node"), "boot": a.get("boot")}
     raise ControlError(MALFORMED, f"{name} is not a command")
@@ -133,7 +157,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 class ControlService:
     def __init__(self, node_id: str, cfg: ControlConfig, rpc: RpcServer, client: RpcClient,
-                 membership: GossipNode, data_dir: Path) -> None:
+                 membership: GossipNode, data_dir: Path, hydfs: Client | None = None) -> None:
         self.node_id = node_id
         self.cfg = cfg
         self.client = client
@@ -145,13 +169,19 @@ class ControlService:
             self.raft = RaftNode(node_id, self.voters, self.addr_of, rpc, client,
                                  DiskStorage(data_dir / "raft"), self.machine, cfg.raft())
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}   # run -> task -> counters (leader's soft state)
+        self.hydfs = hydfs     # the leader deletes removed runs' files through it
+        self.cleaned: dict[str, set[str]] = {}   # removing run -> nodes whose worker deleted its Redis keys
+        self.removed: OrderedDict[str, dict[str, Any]] = OrderedDict()   # run -> what its removal did
+        self._purging: set[str] = set()
         self._leader_hint: str | None = None
         self._changed = asyncio.Event()
         self._kick = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[None]] = set()
         self.handlers: dict[str, Handler] = {
             "submit": self._submit, "stop": self._stop, "report": self._report, "hello": self._hello,
-            "table": self._table, "jobs": self._jobs, "wait": self._wait}
+            "table": self._table, "jobs": self._jobs, "wait": self._wait, "rm": self._rm, "removal": self._removal}
         for name in self.handlers:
             rpc.register(f"control.{name}", self._rpc_handler(name))
         rpc.register("control.leader", self._leader_rpc)
@@ -162,12 +192,14 @@ class ControlService:
             await self.raft.start()
             self.membership.subscribe(lambda _ev: self._kick.set())
             self._loop = asyncio.create_task(self._members_loop())
+            self._sweeper = asyncio.create_task(self._sweep_loop())
 
     async def close(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        for t in [self._loop, self._sweeper, *self._bg]:
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
         if self.raft is not None:
             await self.raft.close()
 
@@ -288,13 +320,13 @@ class ControlService:
         return out
 
     async def _stop(self, a: dict[str, Any]) -> Any:
-        return await self._propose(command("stop", a, self.cfg.max_tasks_per_node))
+        return await self._propose(command("stop", a, self.cfg.max_tasks_per_node, time.time()))
 
     async def _report(self, a: dict[str, Any]) -> Any:
         run, task = a.get("run"), a.get("task")
         if isinstance(a.get("stats"), dict) and isinstance(run, str) and isinstance(task, str):
             self.stats.setdefault(run, {})[task] = a["stats"]
-        return await self._propose(command("report", a, self.cfg.max_tasks_per_node))
+        return await self._propose(command("report", a, self.cfg.max_tasks_per_node, time.time()))
 
     async def _hello(self, a: dict[str, Any]) -> Any:
         return await self._propose(command("hello", a, self.cfg.max_tasks_per_node))
@@ -305,6 +337,11 @@ class ControlService:
             for run, tasks in stats.items():
                 if isinstance(tasks, dict):
                     self.stats.setdefault(str(run), {}).update(tasks)
+        node, cleaned = a.get("node"), a.get("cleaned")
+        if isinstance(node, str) and isinstance(cleaned, list):
+            for run in cleaned:
+                if isinstance(run, str) and run in self.core.runs:
+                    self.cleaned.setdefault(run, set()).add(node)
         since, wait = a.get("since"), a.get("wait")
         if since == self.core.version and isinstance(wait, int | float) and wait > 0:
             # a long poll: answered as soon as the table changes (a worker learns its tasks at once)
@@ -344,10 +381,12 @@ class ControlService:
                               "commits": st.get("commits", 0),
                               # of the instance that last reported: recovery and latency benchmarks
                               "reported_epoch": st.get("epoch"), "started_at": st.get("started_at"),
-                              "first_commit_at": st.get("first_commit_at"), "latency": st.get("latency", {})})
+                              "first_commit_at": st.get("first_commit_at"), "latency": st.get("latency", {}),
+                              "rebuild_s": st.get("rebuild_s"), "rebuilt_records": st.get("rebuilt_records", 0),
+                              "snapshots": st.get("snapshots", 0)})
             out.append({"name": r.name, "run": r.run, "key": r.key, "latest": self.core.latest.get(r.name) == r.key,
                         "state": r.state, "error": r.error, "src": r.spec.get("src"), "dest": r.spec.get("dest"),
-                        "tasks": tasks})
+                        "removing": r.removing, "ended_at": r.ended_at, "tasks": tasks})
         return out
 
     # -- the leader's duty: gossip's verdicts become proposals -------------------------------------
@@ -368,3 +407,119 @@ class ControlService:
                     log.info("task moved", extra={"task": task, "from": old, "to": new, "epoch": epoch})
             except (_Again, ControlError) as exc:
                 log.info("membership not committed: %s", exc)
+
+    # -- removal of ended runs (rm, retention) -----------------------------------------------------
+    async def _rm(self, a: dict[str, Any]) -> Any:
+        """``rainstorm rm``: one committed entry marks the runs removing; the sweep does the rest."""
+        return await self._propose(command("rm", a, self.cfg.max_tasks_per_node, time.time()))
+
+    async def _removal(self, a: dict[str, Any]) -> dict[str, Any]:
+        """A long poll for `rainstorm rm`: which of ``keys`` are still being removed, and what the
+        removal of the others did (``None`` when a former leader finished it)."""
+        keys, wait = a.get("keys"), a.get("wait", 0)
+        if not isinstance(keys, list) or not isinstance(wait, int | float):
+            raise ControlError(MALFORMED, "malformed removal")
+        deadline = time.monotonic() + min(float(wait), MAX_WAIT)
+        while True:
+            pending = [k for k in keys if k in self.core.runs]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return {"pending": pending,
+                        "done": {k: self.removed.get(k) for k in keys if k not in self.core.runs},
+                        "cleaned": {k: sorted(self.cleaned.get(k, ())) for k in pending}}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    async def _sweep_loop(self) -> None:
+        """The leader's duty: propose the rm of runs past ``retention``, finish every committed rm."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), SWEEP_PERIOD)
+            for soft in (self.stats, self.cleaned):    # what this node heard as leader of runs now dropped
+                for key in [k for k in soft if k not in self.core.runs]:
+                    del soft[key]
+            if not self.leads():
+                continue
+            if self.cfg.retention > 0:
+                now = time.time()
+                for r in self.core.expired(now, self.cfg.retention):
+                    try:
+                        await self._propose({"op": "rm", "name": r.name, "run": r.run, "at": now,
+                                             "retention": self.cfg.retention})
+                        log.info("run past retention", extra={"run": r.key})
+                    except (_Again, ControlError) as exc:
+                        log.info("retention rm not committed: %s", exc)
+                        break
+            for r in self.core.removing():
+                if r.key not in self._purging:
+                    self._purging.add(r.key)
+                    t = asyncio.create_task(self._purge(r.key))
+                    self._bg.add(t)
+                    t.add_done_callback(self._bg.discard)
+
+    async def _purge(self, key: str) -> None:
+        """Delete a removing run's HyDFS files (idempotent: a file already gone counts as done), give
+        the live workers up to ``request_timeout`` to delete its Redis keys, then commit ``drop``.
+        A leader that loses its lease stops; the next one starts over from the committed entry."""
+        try:
+            run = self.core.runs.get(key)
+            if run is None or not run.removing or self.hydfs is None:
+                return
+            # the names the controller knows, and whatever else the run wrote under its own directory
+            # (task snapshots are named by the epoch and index they were taken at)
+            files = sorted(set(run_files(run)) | await self._files_under(f"rs/{key}/"))
+            removed = 0
+            for name in files:
+                removed += await self._rm_file(name)
+            deadline = time.monotonic() + self.cfg.request_timeout
+            while time.monotonic() < deadline and not set(self.core.alive) <= self.cleaned.get(key, set()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), SWEEP_PERIOD)
+            nodes = sorted(self.cleaned.get(key, set()))
+            out = await self._propose({"op": "drop", "run": key})
+            if out.get("dropped"):
+                known = set(self.core.alive) | set(self.core.failed_at)
+                self.removed[key] = {"files": removed, "of": len(files), "nodes": nodes,
+                                     "later": sorted(known - set(nodes))}
+                while len(self.removed) > REMOVED_KEPT:
+                    self.removed.popitem(last=False)
+                self.cleaned.pop(key, None)
+                log.info("run removed", extra={"run": key, "files": removed, "nodes": ",".join(nodes)})
+        except (_Again, ControlError) as exc:
+            log.info("run removal interrupted, retried: %s", exc, extra={"run": key})
+        finally:
+            self._purging.discard(key)
+
+    async def _files_under(self, prefix: str) -> set[str]:
+        """HyDFS files whose name starts with ``prefix``, as the live nodes list what they store (a
+        file has three replicas: one live holder is enough to find it)."""
+        assert self.hydfs is not None
+        found: set[str] = set()
+        with contextlib.suppress(HydfsError):
+            await self.hydfs.refresh()
+        for node in self.core.alive:
+            try:
+                found.update(f for f in await self.hydfs.store(node) if f.startswith(prefix))
+            except HydfsError as exc:
+                log.info("files of a removed run not listed on a node: %s", exc, extra={"node": node})
+        return found
+
+    async def _rm_file(self, name: str) -> int:
+        """Remove one HyDFS file, retrying until it is gone or this node stops leading: 1 if it was there."""
+        assert self.hydfs is not None
+        client = self.hydfs
+
+        def not_leading(_state: RetryCallState) -> bool:
+            return not self.leads()
+
+        try:
+            async for attempt in AsyncRetrying(retry=retry_if_exception(
+                    lambda e: isinstance(e, HydfsError) and e.code not in GONE), reraise=True, stop=not_leading,
+                    wait=wait_exponential(multiplier=0.1, max=2.0)):
+                with attempt:
+                    await client.rm(name)
+        except HydfsError as exc:
+            if exc.code in GONE:
+                return 0
+            raise _Again(f"{name} not removed: {exc}") from None
+        return 1

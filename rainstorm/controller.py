@@ -19,6 +19,15 @@ Commands (plain dicts, msgpack in the log):
   reason (``died``: it runs again at the next epoch). Reports name their epoch: a stale or repeated
   report changes nothing, so workers retry them freely.
 - ``stop`` a job's running run.
+- ``rm``: a job's ended runs (or one of them) start being *removed* (``removing``): the leader deletes
+  their internal HyDFS files (task logs, the stored job file; ``<dest>.deadletters`` only if asked)
+  and workers delete their Redis keys; then ``drop`` forgets the run. A running run is refused. With
+  ``retention`` (the leader's sweep, ``[control] retention``) it applies only to runs that ended at
+  least that long before the command's ``at``, so replaying the entry decides the same.
+- ``drop``: a removing run's files are gone: the run leaves the table (``rainstorm jobs``).
+
+Times (``at``: when a run ended, when a removal was asked) are the proposing leader's wall clock,
+carried in the entry: every voter applies the same value whatever its own clock says.
 
 ``apply`` never raises on a command's content (a raise would stop every voter alike): a refused
 command returns ``{"error": code, "message": text}``.
@@ -29,10 +38,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rainstorm.stream.plan import log_name
+
 RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 
 # refusal codes (typed, for callers to branch on; the message is for the user)
 EXISTS, UNKNOWN, FULL, NO_WORKER, MALFORMED = "exists", "unknown_job", "full", "no_worker", "malformed"
+STILL_RUNNING = "still_running"   # rm of a run that has not ended
 
 
 @dataclass
@@ -53,6 +65,9 @@ class Run:
     done: list[str] = field(default_factory=list)
     error: str | None = None
     sub: str = ""                          # the submitter's request id: a retried submit is answered, not rerun
+    ended_at: float | None = None          # wall clock of the entry that ended it (None: running, or unknown)
+    removing: bool = False                 # an rm was committed: its files and keys are being deleted
+    rm_deadletters: bool = False           # ... and that rm asked for ``<dest>.deadletters`` too
 
     @property
     def key(self) -> str:
@@ -64,8 +79,25 @@ def run_key(name: str, run: int) -> str:
     return f"{name}@{run}"
 
 
+def run_files(run: Run) -> list[str]:
+    """The HyDFS files an rm deletes: every task's log and the stored job file (never the source nor
+    the destination; the dead-letter file, user-facing, only if the rm asked for it)."""
+    files = [log_name(run.key, (int(s), int(p))) for s, p in (t.rsplit(":", 2)[1:] for t in run.tasks)]
+    if run.spec.get("job_file"):
+        files.append(str(run.spec["job_file"]))
+    if run.rm_deadletters and run.spec.get("dest"):
+        files.append(f"{run.spec['dest']}.deadletters")
+    return files
+
+
 def refuse(code: str, message: str) -> dict[str, Any]:
     return {"error": code, "message": message}
+
+
+def _at(c: dict[str, Any]) -> float | None:
+    """The proposing leader's wall clock in an entry (absent from entries written before it was recorded)."""
+    at = c.get("at")
+    return float(at) if isinstance(at, int | float) else None
 
 
 class Controller:
@@ -101,7 +133,7 @@ class Controller:
         """Apply one committed command (log ``index``); returns the proposer's answer."""
         op = cmd.get("op") if isinstance(cmd, dict) else None
         fn = {"submit": self._submit, "stop": self._stop, "members": self._members, "hello": self._hello,
-              "report": self._report}.get(op if isinstance(op, str) else "")
+              "report": self._report, "rm": self._rm, "drop": self._drop}.get(op if isinstance(op, str) else "")
         if fn is None:
             return refuse(MALFORMED, f"unknown command {op!r}")
         try:
@@ -150,7 +182,7 @@ class Controller:
         if run is None:
             return refuse(UNKNOWN, f"no job named {name!r} (see `rainstorm jobs`)")
         if run.state == RUNNING:
-            run.state = STOPPED
+            run.state, run.ended_at = STOPPED, _at(c)
             self._changed(index)
         return {"name": name, "run": run.run, "state": run.state}
 
@@ -200,9 +232,9 @@ class Controller:
                 return {"applied": False}
             run.done.append(task)
             if len(run.done) == len(run.tasks):
-                run.state = FINISHED
+                run.state, run.ended_at = FINISHED, _at(c)
         elif status == "failed":
-            run.state, run.error = FAILED, str(c.get("error") or "a task failed")
+            run.state, run.error, run.ended_at = FAILED, str(c.get("error") or "a task failed"), _at(c)
         elif status == "died":
             a = run.assign[task]
             node = a.node if a.node in self.alive else self._pick(self._load() or {a.node: 0})
@@ -213,6 +245,50 @@ class Controller:
         self._changed(index)
         return {"applied": True}
 
+    def _rm(self, c: dict[str, Any], index: int) -> dict[str, Any]:
+        name, which, retention = str(c["name"]), c.get("run"), c.get("retention")
+        runs = [r for r in self.runs.values() if r.name == name]
+        if which is not None:
+            runs = [r for r in runs if r.run == int(which)]
+            if not runs:
+                return refuse(UNKNOWN, f"job {name!r} has no run {int(which)} (see `rainstorm jobs`)")
+        if not runs:
+            return refuse(UNKNOWN, f"no job named {name!r} (never submitted, or already removed; "
+                                   "see `rainstorm jobs`)")
+        ended = [r for r in runs if r.state != RUNNING]
+        kept = [r.run for r in runs if r.state == RUNNING]
+        if not ended and retention is None:
+            return refuse(STILL_RUNNING, f"job {name!r} run {kept[0]} is running; `rainstorm stop {name}` "
+                                         "first, or wait for it to end")
+        if retention is not None:   # the leader's sweep: only what was old enough at the entry's time
+            at = float(c["at"])
+            ended = [r for r in ended if r.ended_at is not None and r.ended_at + float(retention) <= at]
+        changed = False
+        for r in ended:
+            if not r.removing:
+                r.removing, changed = True, True
+            if c.get("deadletters") and not r.rm_deadletters:
+                r.rm_deadletters, changed = True, True
+        if changed:
+            self._changed(index)
+        return {"name": name, "runs": [{"run": r.run, "key": r.key, "state": r.state, "files": len(run_files(r))}
+                                       for r in ended], "kept": kept}
+
+    def _drop(self, c: dict[str, Any], index: int) -> dict[str, Any]:
+        key = str(c["run"])
+        run = self.runs.get(key)
+        if run is None or not run.removing:
+            return {"dropped": False}     # dropped already (a retried entry), or never removed
+        del self.runs[key]
+        if self.latest.get(run.name) == key:
+            rest = [r.key for r in self.runs.values() if r.name == run.name]
+            if rest:
+                self.latest[run.name] = max(rest, key=lambda k: self.runs[k].run)
+            else:
+                del self.latest[run.name]
+        self._changed(index)
+        return {"dropped": True, "name": run.name, "run": run.run, "key": key}
+
     # -- reads -----------------------------------------------------------------------------------
     def run_of(self, name: str) -> Run | None:
         return self.runs.get(self.latest.get(name, ""))
@@ -220,9 +296,18 @@ class Controller:
     def table(self) -> dict[str, Any]:
         """What workers pull: every run's state, spec and each task's node and epoch."""
         return {"version": self.version, "alive": self.alive, "failed_at": self.failed_at, "jobs": {
-            r.key: {"spec": r.spec, "state": r.state, "done": list(r.done),
+            r.key: {"spec": r.spec, "state": r.state, "done": list(r.done), "removing": r.removing,
                     "assign": {t: [a.node, a.epoch] for t, a in r.assign.items()}}
             for r in self.runs.values()}}
+
+    def removing(self) -> list[Run]:
+        """Runs whose rm is committed and whose files may still be there: the leader's to finish."""
+        return [r for r in self.runs.values() if r.removing]
+
+    def expired(self, now: float, retention: float) -> list[Run]:
+        """Ended runs older than ``retention`` seconds at ``now``, not yet being removed."""
+        return [r for r in self.runs.values() if r.state != RUNNING and not r.removing
+                and r.ended_at is not None and r.ended_at + retention <= now]
 
     def tasks_on(self, node: str) -> int:
         return self._load().get(node, 0)
@@ -243,7 +328,8 @@ class Controller:
         core.latest = dict(doc.get("latest", {}))
         for r in doc.get("runs", []):
             run = Run(r["name"], int(r["run"]), r["spec"], list(r["tasks"]), state=r["state"], done=list(r["done"]),
-                      error=r.get("error"), sub=r.get("sub", ""))
+                      error=r.get("error"), sub=r.get("sub", ""), ended_at=r.get("ended_at"),
+                      removing=bool(r.get("removing", False)), rm_deadletters=bool(r.get("rm_deadletters", False)))
             run.assign = {t: Assignment(**a) for t, a in r["assign"].items()}
             core.runs[run.key] = run
         return core

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from hydfs.api import Client, HydfsError
-from rainstorm.stream.stores import Fenced
+from rainstorm.stream.stores import Fenced, Missing
 
 
 class HydfsLogStore:
@@ -42,3 +43,35 @@ class HydfsLogStore:
             if exc.code == "not_found":
                 return []
             raise
+
+    async def trim(self, name: str, below: int, *, fence: str, epoch: int, client: str, seq: int) -> int:
+        """Drop the log's entries below ``below`` (behind a snapshot), fenced and keyed like an append."""
+        try:
+            return await self.client.trim(name, below, cond={"fence": fence, "epoch": epoch}, key=(client, seq))
+        except HydfsError as exc:
+            if exc.code == "fenced":
+                raise Fenced(str(exc)) from None
+            raise
+
+    async def put(self, name: str, data: bytes) -> None:
+        """A snapshot file; one that exists already holds this state (its name is task, epoch, index)."""
+        try:
+            await self.client.create_from(name, io.BytesIO(data))   # a chunk per entry: any size
+        except HydfsError as exc:
+            if exc.code != "exists":
+                raise
+
+    async def get(self, name: str) -> bytes:
+        try:
+            return await self.client.get(name)
+        except HydfsError as exc:
+            if exc.code == "not_found":
+                raise Missing(name) from None
+            raise
+
+    async def remove(self, name: str) -> None:
+        try:
+            await self.client.rm(name)
+        except HydfsError as exc:
+            if exc.code != "not_found":
+                raise

@@ -77,7 +77,7 @@ class Node:
                                  config=spec.config.hydfs)
         self.dfs = Client(self.rpc_client, [spec.bind])
         self.control = ControlService(spec.node_id, spec.config.control, self.rpc, self.rpc_client, self.gossip,
-                                      spec.data_dir)
+                                      spec.data_dir, hydfs=self.dfs)
         self.worker: Worker | None = None
         self._stop = asyncio.Event()
         self.rpc.register("node.info", self._info)

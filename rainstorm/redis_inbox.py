@@ -6,12 +6,11 @@ Keys, for task ``T`` (``<job>:<stage>:<index>``), all documented in docs/redis-k
 - ``rs:T:marks``   hash channel -> accepted mark (the dedup state)
 - ``rs:T:in``      the inbox stream (fields ``c`` channel, ``s`` seq, ``p`` payload, ``e`` end), read
   through consumer group ``g`` by consumer ``T``; acked entries are deleted, never trimmed
-- ``rs:T:applied`` the last log index whose changes are applied here
-- ``rs:T:state``   hash msgpack([stage, group]) -> msgpack(value)
-- ``rs:T:out:P``   sorted set: committed outputs for partition P scored by sequence number
 
-Each operation is one server-side script, so "accept only accepted + 1, XADD, advance" and "apply
-the commit: ack, state, outbox, applied" are atomic. A missing owner key means Redis lost the task
+Each operation is one server-side script, so "accept only accepted + 1, XADD, advance" and "ack the
+entries a commit consumed" are atomic. The task's state and outbox live in its log and snapshots
+only (earlier versions also kept ``applied``, ``state`` and ``out:P`` keys here; cleanup still
+removes them). A missing owner key means Redis lost the task
 (restart without data): that is a node loss for the task, reported as :class:`NotOwner`.
 """
 
@@ -20,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import msgpack
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
@@ -80,24 +78,42 @@ return redis.call('XREADGROUP', 'GROUP', 'g', ARGV[2], 'COUNT', ARGV[3], 'STREAM
 """
 
 _APPLY = _OWNER_CHECK + """
-local prefix, n, i = ARGV[2], 0, 4
-local applied = tonumber(redis.call('GET', KEYS[3]) or '0')
-if tonumber(ARGV[3]) > applied then redis.call('SET', KEYS[3], ARGV[3]) end
-n = tonumber(ARGV[i]); i = i + 1
+local n = #ARGV - 1
 if n > 0 then
-  local ids = {unpack(ARGV, i, i + n - 1)}
+  local ids = {unpack(ARGV, 2)}
   redis.call('XACK', KEYS[2], 'g', unpack(ids))
   redis.call('XDEL', KEYS[2], unpack(ids))
 end
-i = i + n
-n = tonumber(ARGV[i]); i = i + 1
-for k = 1, n do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
-for k = 1, n do redis.call('ZADD', prefix .. ARGV[i], ARGV[i + 1], ARGV[i + 2]); i = i + 3 end
-n = tonumber(ARGV[i]); i = i + 1
-for k = 1, n do redis.call('ZREMRANGEBYSCORE', prefix .. ARGV[i], '-inf', ARGV[i + 1]); i = i + 2 end
 return 1
 """
+
+
+# Delete a task's keys unless a newer instance owns them (ARGV[1]: the lowest epoch to keep; '' none):
+# an old node's cleanup never takes the keys of an instance that moved back here meanwhile.
+_FORGET = """
+local owner = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' and owner and tonumber(owner) >= tonumber(ARGV[1]) then return -1 end
+return redis.call('DEL', unpack(KEYS))
+"""
+
+_SUFFIXES = ("owner", "marks", "in", "applied", "state")   # the last two: earlier versions' caches
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal in a SCAN pattern: job names are the user's and may hold ``*?[]\\``."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def task_of_key(key: str) -> str | None:
+    """The task whose key this is (``rs:<task>:<suffix>`` or ``rs:<task>:out:<partition>``), else None."""
+    if not key.startswith("rs:"):
+        return None
+    base, sep, last = key[3:].rpartition(":")
+    if not sep:
+        return None
+    if last.isdigit() and base.endswith(":out"):
+        return base[:-4] or None
+    return base if last in _SUFFIXES and base else None
 
 
 def keys(task: str) -> dict[str, str]:
@@ -123,6 +139,7 @@ class RedisInboxStore:
         self._accept = self.r.register_script(_ACCEPT)
         self._read = self.r.register_script(_READ)
         self._apply = self.r.register_script(_APPLY)
+        self._forget = self.r.register_script(_FORGET)
         self._cursor: dict[str, str] = {}  # per task: pending ids re-read first after open, then ">"
 
     async def open(self, task: str, epoch: int, marks: Mapping[int, int]) -> dict[int, int]:
@@ -175,32 +192,28 @@ class RedisInboxStore:
 
     async def apply(self, task: str, epoch: int, update: Applied) -> None:
         k = keys(task)
-        argv: list[Any] = [epoch, k["out"], update.index, len(update.acks), *update.acks]
-        changes = [(stage, g, v) for stage, ch in update.state for g, v in ch]
-        argv.append(len(changes))
-        for stage, g, v in changes:
-            argv += [msgpack.packb([stage, g], use_bin_type=True), msgpack.packb(v, use_bin_type=True)]
-        argv.append(len(update.outbox))
-        for part, seq, payload, end in update.outbox:
-            argv += [part, seq, msgpack.packb([seq, payload, end], use_bin_type=True)]
-        argv.append(len(update.trims))
-        for part, committed in update.trims.items():
-            argv += [part, committed]
         try:
-            await self._apply(keys=[k["owner"], k["in"], k["applied"], k["state"]], args=argv)
+            await self._apply(keys=[k["owner"], k["in"]], args=[epoch, *update.acks])
         except ResponseError as exc:
             raise _not_owner(exc, task, epoch) from None
 
-    async def cache(self, task: str) -> dict[str, Any]:
-        """The applied index, state and outbox as Redis holds them (for rebuild checks and status)."""
+    async def forget(self, task: str, keep_from: int | None = None) -> bool:
+        """Delete every key of ``task`` (inbox, marks, caches, outboxes), unless an instance of epoch
+        ``keep_from`` or later owns them. True if they are gone."""
         k = keys(task)
-        applied = int(await self.r.get(k["applied"]) or 0)
-        state = {tuple(msgpack.unpackb(f, raw=False)): msgpack.unpackb(v, raw=False)
-                 for f, v in (await self.r.hgetall(k["state"])).items()}
-        outbox: dict[int, dict[int, tuple[bytes, bool]]] = {}
-        async for key in self.r.scan_iter(match=k["out"] + "*"):
-            part = int(key.decode().rsplit(":", 1)[1])
-            for member in await self.r.zrange(key, 0, -1):
-                seq, payload, end = msgpack.unpackb(member, raw=False)
-                outbox.setdefault(part, {})[seq] = (payload, end)
-        return {"applied": applied, "state": state, "outbox": outbox}
+        outs = [x async for x in self.r.scan_iter(match=glob_escape(k["out"]) + "*")]
+        names = [k["owner"], *(k[n] for n in _SUFFIXES if n != "owner"), *outs]
+        if int(await self._forget(keys=names, args=["" if keep_from is None else keep_from])) < 0:
+            return False
+        self._cursor.pop(task, None)
+        return True
+
+    async def tasks_with_keys(self, run: str | None = None) -> set[str]:
+        """Tasks (of ``run``, or of every run) that have keys in this Redis."""
+        match = f"rs:{glob_escape(run)}:*" if run is not None else "rs:*"
+        out = set()
+        async for key in self.r.scan_iter(match=match, count=1000):
+            task = task_of_key(key.decode() if isinstance(key, bytes) else str(key))
+            if task is not None and (run is None or task.rsplit(":", 2)[0] == run):
+                out.add(task)
+        return out

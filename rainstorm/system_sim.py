@@ -186,7 +186,7 @@ class SystemSim:
         self.seed = seed
         self.faults = faults or SystemFaults()
         self.task_cfg = config or TaskConfig(batch_lines=16, batch_bytes=96, block=64, batch_entries=4, window=4,
-                                             max_outbox=16, resend=0.2)
+                                             max_outbox=16, resend=0.2, snapshot_every=5)
         self.gossip_cfg = gossip or GossipConfig()      # the real defaults: what nodes run
         self.raft_cfg = raft or RaftConfig()
         self.limit, self.tick_every = limit, tick

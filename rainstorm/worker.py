@@ -30,14 +30,15 @@ from net.rpc import RpcClient, RpcError, RpcServer, Unreachable
 from rainstorm.committed_view import CommittedView
 from rainstorm.control import ControlError, ControlService
 from rainstorm.hydfs_log import HydfsLogStore
-from rainstorm.redis_inbox import RedisInboxStore, keys
+from rainstorm.redis_inbox import RedisInboxStore
 from rainstorm.source_reader import RangeReader
 from rainstorm.stream.channels import parse_message
 from rainstorm.stream.jobfile import JobError, load_job
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
-from rainstorm.stream.stores import Fenced, NotOwner
+from rainstorm.stream.stores import Fenced, Missing, NotOwner
 from rainstorm.stream.task import (
     Effect,
+    Phase,
     ReadSource,
     Send,
     Task,
@@ -63,6 +64,8 @@ class WorkerConfig:
     batch_entries: int = _TASK.batch_entries  # inbox entries per commit at most
     linger: float = _TASK.linger            # paced source: longest wait for a batch to fill
     inflight: int = _TASK.inflight          # commits in flight per task
+    snapshot_every: int = _TASK.snapshot_every  # commits between a task's snapshots (0: never)
+    snapshot_bytes: int = _TASK.snapshot_bytes  # ... or bytes of commit records, whichever comes first
     source_block: int = _TASK.block         # source blocks shared out among a job's source tasks
     source_page: int = 1 << 20                   # bytes per ranged read of a source file
     follow_refresh: float = 0.2                  # a following source looks for appended bytes this often
@@ -74,6 +77,7 @@ class WorkerConfig:
         task of the job must share, so it is fixed in the job's spec at submit)."""
         return TaskConfig(batch_lines=self.batch_lines, batch_bytes=self.batch_bytes,
                           batch_entries=self.batch_entries, linger=self.linger, inflight=self.inflight,
+                          snapshot_every=self.snapshot_every, snapshot_bytes=self.snapshot_bytes,
                           rate=spec.get("rate"), follow=bool(spec.get("follow")),
                           block=int(spec.get("block") or self.source_block))
 
@@ -91,6 +95,7 @@ class Instance:
     runner: asyncio.Task[None] | None = None
     reader: RangeReader | None = None
     clock: float = 0.0          # time.time() - time.monotonic() at launch: task times as wall times
+    rebuild: float | None = None  # seconds from start (fence) to open: the rebuild (log + snapshot)
 
 
 class _Source:
@@ -125,6 +130,7 @@ class Worker:
         self._reporting: set[tuple[str, str, int, str]] = set()
         self._report_kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: dict[Key, asyncio.Task[None]] = {}   # stopped instances' runners, until they end
         rpc.register("stream.msgs", self._on_msgs)
 
     @property
@@ -171,7 +177,9 @@ class Worker:
             "commits": t.stats.get("commits", 0), "phase": t.phase.value, "epoch": inst.epoch,
             "started_at": t.started_at + inst.clock,
             "first_commit_at": None if first is None else first + inst.clock,
-            "latency": t.latency.to_wire()}
+            "latency": t.latency.to_wire(), "rebuild_s": inst.rebuild,
+            "rebuilt_records": t.stats.get("rebuilt_records", 0), "snapshots": t.stats.get("snapshots", 0),
+            "fetched": inst.reader.fetched if inst.reader is not None else 0}   # source bytes read (bench/follow.py)
 
     async def _poll_loop(self) -> None:
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(ControlError),
@@ -184,14 +192,17 @@ class Worker:
                 # a long poll: answered at once when the table changes, else after ``poll``
                 table = await self.control.request(
                     "table", {"node": self.node_id, "stats": self._stats(), "since": self.table["version"],
-                              "wait": self.cfg.poll})
+                              "wait": self.cfg.poll, "cleaned": self.core.cleaned()})
             except ControlError as exc:
                 log.info("no table from the controller: %s", exc)
                 await asyncio.sleep(0.25)
                 continue
             if self.view is not None:
                 self.view.learn(table)
+            first = self.table["version"] < 0
             await self._apply(self.core.on_table(table))
+            if first:   # what an earlier process of this node left in Redis (it died, or was down)
+                self._spawn(self._sweep())
 
     async def _apply(self, d: Decisions) -> None:
         stopped: dict[Key, asyncio.Task[None]] = {}
@@ -202,7 +213,9 @@ class Worker:
                 if inst.runner is not None:
                     stopped[key] = inst.runner
         for key in d.forget:
-            self._spawn(self._forget(key, stopped.get(key)))
+            self._spawn(self._forget(key, stopped.get(key), d.keep_from.get(key)))
+        for run in d.purge:
+            self._spawn(self._purge(run))
         for run in d.drop_plans:
             self.plans.pop(run, None)   # an ended run's plan (its operators, their state) is not kept
         for run in d.preload:
@@ -282,21 +295,49 @@ class Worker:
         self.core.ended(inst.job, inst.ref, inst.epoch)
         if inst.runner is not None:
             inst.runner.cancel()   # its finally closes the reader
+            key, runner = (inst.job, inst.ref), inst.runner
+            self._stopping[key] = runner
+            runner.add_done_callback(lambda _t: self._stopping.pop(key) if self._stopping.get(key) is runner
+                                     else None)
         log.info("task stopped", extra={"task": inst.task.name, "epoch": inst.epoch})
 
-    async def _forget(self, key: Key, runner: asyncio.Task[None] | None) -> None:
-        """The run is over: its task's Redis keys (inbox, marks, caches) go; the HyDFS log stays.
+    async def _forget(self, key: Key, runner: asyncio.Task[None] | None, keep_from: int | None = None) -> None:
+        """The run is over, or the task moved to another node: its Redis keys (inbox, marks, caches)
+        go, unless an instance of epoch ``keep_from`` or later owns them; the HyDFS log stays.
         The stopped instance's runner ends first (it waits for its in-flight store calls), so no
         write of its lands after the delete and leaves a key behind."""
         name = task_name(*key)
         if runner is not None:
             await asyncio.wait([runner], timeout=self.cfg.forget_wait)
-        k = keys(name)
         try:
-            stale = [key async for key in self.inbox.r.scan_iter(match=k["out"] + "*")]
-            await self.inbox.r.delete(*[v for n, v in k.items() if n != "out"], *stale)
+            await self.inbox.forget(name, keep_from)
         except aredis.RedisError as exc:
             log.warning("could not clean up redis keys", extra={"task": name, "error": str(exc)})
+
+    async def _purge(self, run: str) -> None:
+        """A run is removed (``rainstorm rm``, retention): every key of its tasks in this node's Redis
+        goes, whichever process ran them; the leader hears of it with the next table poll."""
+        runners = [t for k, t in self._stopping.items() if k[0] == run]
+        if runners:
+            await asyncio.wait(runners, timeout=self.cfg.forget_wait)
+        try:
+            for name in await self.inbox.tasks_with_keys(run):
+                await self.inbox.forget(name)
+        except aredis.RedisError as exc:
+            log.warning("could not remove a run's redis keys", extra={"run": run, "error": str(exc)})
+            self.core.on_purged(run, False)
+            return
+        self.core.on_purged(run, True)
+        log.info("removed run's redis keys", extra={"run": run})
+
+    async def _sweep(self) -> None:
+        """At start: delete the keys an earlier process of this node left for tasks that will not run
+        here again (their run ended or was removed, or they moved away while this node was down)."""
+        try:
+            for name, keep_from in self.core.stale(await self.inbox.tasks_with_keys()).items():
+                await self.inbox.forget(name, keep_from)
+        except aredis.RedisError as exc:
+            log.warning("could not sweep stale redis keys", extra={"error": str(exc)})
 
     # -- reports ---------------------------------------------------------------------------------
     def _reported(self, run: str, ref: TaskRef, epoch: int, status: str, error: str | None = None,
@@ -333,6 +374,8 @@ class Worker:
         try:
             while True:
                 self._dispatch(inst, t.take_effects(), inflight)
+                if inst.rebuild is None and t.phase is Phase.RUNNING:
+                    inst.rebuild = time.monotonic() - t.started_at
                 cause = t.cause.value if t.cause else "unknown"
                 said = self.core.after_step(inst.job, inst.ref, inst.epoch, t.done, t.alive, f"{cause}: {t.why}",
                                             lambda: self._task_stats(inst))
@@ -391,7 +434,7 @@ class Worker:
         try:
             result = await store_call(eff, self.logs, self.inbox, _Source(self._reader(inst))
                                       if isinstance(eff, ReadSource) else None)()
-        except (Fenced, NotOwner) as exc:
+        except (Fenced, NotOwner, Missing) as exc:
             result = exc
         except (HydfsError, OSError, aredis.RedisError) as exc:
             # a transient store failure: the instance cannot know whether it happened; let it die

@@ -9,13 +9,17 @@ the rules below are exercised under simulated crashes, partitions and message lo
 - a (task, epoch) is launched at most once per process: an instance that ended is never restarted
   under its epoch (its HyDFS idempotency keys would collide with its own earlier appends); it is
   reported, and the controller hands out the next epoch;
-- every report is kept until the controller acknowledged it or the table moved on without it.
+- every report is kept until the controller acknowledged it or the table moved on without it;
+- the Redis keys of a task go once no instance of it will run here again: when its run ends, or when
+  it moved to another node (only keys no newer instance owns); and every key of a run being removed
+  (``rainstorm rm``, retention) or gone from the table goes, whatever ran here. A new process first
+  sweeps what an earlier one left (:meth:`WorkerCore.stale`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from rainstorm.stream.plan import TaskRef
@@ -33,10 +37,13 @@ class Launch:
 @dataclass
 class Decisions:
     stop: list[Key]              # instances to stop (their epoch or node changed, or the run ended)
-    forget: list[Key]            # instances that ran here, of runs that ended: their Redis keys can go
+    forget: list[Key]            # tasks that ran here, of runs that ended or moved away: their Redis keys go
     launch: list[Launch]
     drop_plans: list[str]        # runs no longer running: their loaded plans go
     preload: list[str]           # running runs whose plan this node should load ahead
+    # a moved task's keys stay if an instance of this epoch or later owns them (it moved back meanwhile)
+    keep_from: dict[Key, int] = field(default_factory=dict)
+    purge: list[str] = field(default_factory=list)   # runs removed or being removed: all their keys go
 
 
 def task_name(run: str, ref: TaskRef) -> str:
@@ -60,6 +67,9 @@ class WorkerCore:
         self.finished: set[tuple[str, TaskRef, int]] = set()   # instances whose "done" is reported
         self.hosted: set[Key] = set()                # tasks that ran here in a run not yet ended (any epoch)
         self.reports: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+        self.purging: set[str] = set()               # runs whose keys are being deleted
+        self.purged: set[str] = set()                # ... and deleted (acknowledged in table polls)
+        self.unpurged: set[str] = set()              # runs whose key deletion failed: decided again
 
     # -- hello -----------------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
@@ -70,6 +80,9 @@ class WorkerCore:
 
     # -- the table -------------------------------------------------------------------------------
     def on_table(self, table: dict[str, Any]) -> Decisions:
+        # runs listed before: one missing from a newer table was removed (an older table, from a deposed
+        # leader in its last moments, proves nothing)
+        prev = set(self.table["jobs"]) if table["version"] > self.table["version"] else set()
         self.table = table
         want: dict[Key, int] = {}
         running_runs = set()
@@ -87,10 +100,26 @@ class WorkerCore:
             if want.get(key) != epoch:
                 d.stop.append(key)
                 del self.running[key]
-        # every task that ran here, alive or not (it died, or moved away), leaves Redis keys: they
-        # go when its run ends, whatever became of the instance
-        d.forget = sorted(k for k in self.hosted if k[0] not in running_runs)
+        # every task that ran here, alive or not, leaves Redis keys: they go when its run ends, whatever
+        # became of the instance, or as soon as the task is placed on another node (a new epoch there)
+        for k in sorted(self.hosted):
+            if k[0] not in running_runs:
+                d.forget.append(k)
+            elif k not in want:
+                node, epoch = table["jobs"][k[0]]["assign"].get(task_name(*k), [None, 0])
+                if node != self.node_id:
+                    d.forget.append(k)
+                    d.keep_from[k] = int(epoch)
         self.hosted -= set(d.forget)
+        # a run being removed, or gone from the table (removed while this node did not look): every
+        # key of it goes, also those of tasks an earlier process of this node ran
+        listed = set(table["jobs"])
+        gone = {r for r, j in table["jobs"].items() if j.get("removing")} | (prev - listed) | self.unpurged
+        gone -= running_runs
+        d.purge = sorted(gone - self.purging - self.purged)
+        self.purging |= set(d.purge)
+        self.unpurged -= set(d.purge)
+        self.purged &= listed
         for key, epoch in want.items():
             if key not in self.running and (*key, epoch) not in self.launched:
                 self.launched.add((*key, epoch))
@@ -103,6 +132,33 @@ class WorkerCore:
         d.preload = sorted(running_runs - self.plans)
         self.plans |= running_runs
         return d
+
+    def on_purged(self, run: str, ok: bool) -> None:
+        """The keys of a removed run are deleted (``ok``), or not: then the next table decides again."""
+        self.purging.discard(run)
+        (self.purged if ok else self.unpurged).add(run)
+
+    def cleaned(self) -> list[str]:
+        """Runs being removed whose keys this node deleted: the leader waits for these (table polls)."""
+        return sorted(self.purged & set(self.table["jobs"]))
+
+    def stale(self, tasks: Iterable[str]) -> dict[str, int | None]:
+        """Of the tasks that have keys in this node's Redis, those whose keys should go (a new process
+        sweeps what an earlier one left), each with the lowest epoch whose keys stay (None: all go)."""
+        out: dict[str, int | None] = {}
+        for name in tasks:
+            try:
+                run, ref = parse_task(name)
+            except ValueError:
+                continue        # not a task's key: not ours to delete
+            j = self.table["jobs"].get(run)
+            if j is None or j["state"] != "running" or j.get("removing"):
+                out[name] = None
+            elif (run, ref) not in self.running and (run, ref) not in self.hosted:
+                node, epoch = j["assign"].get(name, [None, 0])
+                if node != self.node_id:
+                    out[name] = int(epoch) if node is not None else None
+        return out
 
     def wanted(self, run: str, ref: TaskRef, epoch: int) -> bool:
         """The table still runs this instance here (a launch still due; a report about it not moot)."""

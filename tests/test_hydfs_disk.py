@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hydfs.disk import DiskStorage, StorageError
-from hydfs.entries import Entry
+from hydfs.entries import Entry, TrimMark
 from hydfs.storage import FileMeta, MemoryStorage
 
 
@@ -55,6 +55,8 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("append"), st.sampled_from(["f", "g"]), st.integers(1, 3), st.integers(1, 4)),
     st.tuples(st.just("truncate"), st.sampled_from(["f", "g"]), st.integers(0, 6), st.just(0)),
     st.tuples(st.just("drop"), st.sampled_from(["f", "g"]), st.just(0), st.just(0)),
+    st.tuples(st.just("trim"), st.sampled_from(["f", "g"]), st.integers(0, 4), st.just(0)),
+    st.tuples(st.just("install"), st.sampled_from(["f", "g"]), st.integers(1, 3), st.just(0)),
     st.tuples(st.just("restart"), st.just(""), st.just(0), st.just(0)),
     st.tuples(st.just("crash"), st.just(""), st.just(0), st.just(0)),
 ), max_size=25)
@@ -67,7 +69,7 @@ def _crash(disk: DiskStorage) -> None:
     disk.journal.close()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(ops)
 def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("d")
@@ -78,8 +80,17 @@ def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ign
             term = max(term, b)
             n = mem.last(name)[0]
             batch = [_e(n + 1 + k, term, bytes([k]) * k) for k in range(a)]
+            if b == 4:  # a trim marker among them
+                batch[0] = Entry(term, n + 1, "c1", n + 1, b"", trim=TrimMark(max(1, n), {"c1": n}, {"k": 2}))
             disk.append(name, batch)
             mem.append(name, batch)
+        elif op == "trim":
+            below = min(mem.first(name) + a, mem.last(name)[0] + 1)
+            disk.trim(name, below)
+            mem.trim(name, below)
+        elif op == "install":
+            disk.install(name, mem.last(name)[0] + a, mem.runs(name))
+            mem.install(name, mem.last(name)[0] + a, mem.runs(name))
         elif op == "truncate":
             disk.truncate(name, a)
             mem.truncate(name, a)
@@ -97,6 +108,9 @@ def test_same_as_memory_storage(tmp_path_factory, program) -> None:  # type: ign
             assert disk.last(nm) == mem.last(nm)
             assert disk.runs(nm) == mem.runs(nm)
             assert disk.read(nm, 1, 100) == mem.entries(nm)
+            assert disk.first(nm) == mem.first(nm) and disk.marks(nm) == mem.marks(nm)
+            assert disk.read_bytes(nm, 0, 1000) == mem.read_bytes(nm, 0, 1000)
+            assert disk.data_end(nm, 100) == mem.data_end(nm, 100)
 
 
 def test_read_stops_at_max_bytes_without_reading_more(tmp_path: Path) -> None:

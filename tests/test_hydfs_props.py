@@ -26,7 +26,7 @@ class Workload:
     drop: float = 0.0
     delay: float = 0.01
     seed: int = 0
-    faults: list[tuple[float, str, int]] = field(default_factory=list)  # (time, crash|restart, node #)
+    faults: list[tuple[float, str, int]] = field(default_factory=list)  # (time, crash|restart|..., node #)
     skew: float = 0.0
 
 
@@ -36,6 +36,7 @@ class Outcome:
     acked: dict[tuple[str, int], int]   # (client, seq) -> index the append was acknowledged at
     order: dict[str, list[int]]         # client -> its seqs in the order it issued them
     owners: list[str]
+    trimmed: set[tuple[str, int]] = field(default_factory=set)  # appends answered ``trimmed``
 
 
 def node_ids(n: int) -> list[str]:
@@ -53,6 +54,7 @@ class Appenders:
         self.acked: dict[tuple[str, int], int] = {}
         self.order: dict[str, list[int]] = {c.client_id: [] for c in self.clients}
         self.errors: list[Any] = []
+        self.trimmed: set[tuple[str, int]] = set()  # landed, then a trim dropped them before we heard
 
     def step(self) -> bool:
         """Advance every client; True once all items are acknowledged."""
@@ -67,7 +69,9 @@ class Appenders:
                     op = c.append(self.name, f"{key[0]}:{key[1]};".encode(), self.sim.now, key=key)
                     self.current[c.client_id] = (op, cur[1])
                     continue
-                if not res.ok:
+                if not res.ok and res.err == "trimmed":
+                    self.trimmed.add((c.client_id, cur[1]))
+                elif not res.ok:
                     self.errors.append((c.client_id, cur[1], res.err))
                 else:
                     assert res.index is not None
@@ -82,11 +86,12 @@ class Appenders:
 
 
 class Monitor:
-    """Checked after every event: all nodes' committed prefixes are prefixes of one history."""
+    """Checked after every event: all nodes' committed prefixes are prefixes of one history (by index:
+    a trimmed copy holds a suffix of its committed prefix)."""
 
     def __init__(self, sim: Sim, name: str = FILE) -> None:
         self.sim, self.name = sim, name
-        self.history: list[list[Any]] = []
+        self.history: dict[int, list[Any]] = {}
 
     def __call__(self) -> None:
         for n, node in self.sim.nodes.items():
@@ -96,12 +101,12 @@ class Monitor:
             commit = core.vols[self.name].commit
             if commit == 0:
                 continue
+            first = node.storage.first(self.name)
             log = [e.to_wire() for e in node.storage.read(self.name, 1, commit + 1)]
-            assert len(log) == commit, f"{n} commit {commit} beyond its log of {len(log)}"
-            overlap = min(len(log), len(self.history))
-            assert log[:overlap] == self.history[:overlap], f"{n} committed a different history"
-            if len(log) > len(self.history):
-                self.history = log
+            assert len(log) == max(0, commit - first + 1), f"{n} commit {commit} beyond its log from {first}"
+            for e in log:
+                seen = self.history.setdefault(e[1], e)
+                assert seen == e, f"{n} committed a different history at {e[1]}"
 
     def ok(self) -> bool:
         self()
@@ -146,6 +151,10 @@ def run(w: Workload, settle: float = 8.0) -> Outcome:
             node = Ring(ids).replicas(FILE)[k % 3]  # an owner's disk: a full disk elsewhere changes nothing
             sim.nodes[node].storage.append = _disk_full  # type: ignore[method-assign]
             full.add(node)
+        elif what == "trim" and apps.acked:
+            # a trim below an index some client has seen acknowledged, as the task layer does
+            below = 1 + max(apps.acked.values()) * (k + 1) // 6
+            admin.trim(FILE, below, sim.now)
         elif what == "space" and full:
             node = sorted(full)[k % len(full)]
             del sim.nodes[node].storage.append
@@ -164,8 +173,14 @@ def run(w: Workload, settle: float = 8.0) -> Outcome:
     sim.run_for(settle)
     monitor()
     for key, index in apps.acked.items():
-        assert monitor.history[index - 1][2:4] == list(key), f"acked {key}@{index} not in the committed history"
-    return Outcome(sim, apps.acked, apps.order, Ring(ids).replicas(FILE))
+        if index >= first_of(sim):
+            assert monitor.history[index][2:4] == list(key), f"acked {key}@{index} not in the committed history"
+    return Outcome(sim, apps.acked, apps.order, Ring(ids).replicas(FILE), apps.trimmed)
+
+
+def first_of(sim: Sim) -> int:
+    """The file's first index on its owners (the highest: a trim reaches a replica a little later)."""
+    return max(sim.nodes[n].storage.first(FILE) for n in Ring(list(sim.nodes)).replicas(FILE))
 
 
 def _disk_full(name: str, entries: Any) -> None:
@@ -175,9 +190,9 @@ def _disk_full(name: str, entries: Any) -> None:
 def _held_elsewhere(sim: Sim, acked: dict[tuple[str, int], int], lost: set[str]) -> bool:
     """Every acknowledged append is in some log outside ``lost``: a machine crash of the victim is then
     within two failures even for appends a just-restarted node has not caught up on yet."""
-    logs = [sim.log(n, FILE) for n in sim.nodes if n not in lost]
-    return all(any(len(log) >= index and log[index - 1][2:4] == list(key) for log in logs)
-               for key, index in acked.items())
+    logs = [(sim.nodes[n].storage.first(FILE), sim.log(n, FILE)) for n in sim.nodes if n not in lost]
+    return all(any(first > index or (first + len(log) > index and log[index - first][2:4] == list(key))
+                   for first, log in logs) for key, index in acked.items())
 
 
 def check(o: Outcome) -> None:
@@ -190,12 +205,21 @@ def check(o: Outcome) -> None:
     for n, log in logs.items():
         assert log == first, f"replica {n} differs from {o.owners[0]}: {describe(sim)}"
     assert sorted(sim.holders(FILE)) == sorted(o.owners), (sim.holders(FILE), o.owners)
+    starts = {sim.nodes[n].storage.first(FILE) for n in o.owners}
+    assert len(starts) == 1, f"owners start at different indexes: {describe(sim)}"
+    start = starts.pop()
+    assert not first or first[0][1] == start
     seen: dict[tuple[str, int], int] = {}
-    for _term, index, cid, seq, _data, _f, _e in first:
+    for _term, index, cid, seq, *_rest in first:
         assert (cid, seq) not in seen, f"({cid}, {seq}) appears twice: {seen[(cid, seq)]} and {index}"
         seen[(cid, seq)] = index
     for key, index in o.acked.items():
-        assert seen.get(key) == index, f"acknowledged append {key}@{index} is at {seen.get(key)}"
+        if index >= start:
+            assert seen.get(key) == index, f"acknowledged append {key}@{index} is at {seen.get(key)}"
+        else:
+            assert key not in seen, f"acknowledged append {key}@{index} is below the start {start} and still there"
+    for key in o.trimmed:
+        assert key not in seen, f"{key} was answered 'trimmed' but is in the retained log"
     for cid, seqs in o.order.items():
         positions = [seen[(cid, s)] for s in seqs if (cid, s) in seen]
         assert positions == sorted(positions), f"{cid}'s appends out of order: {positions}"
@@ -203,7 +227,7 @@ def check(o: Outcome) -> None:
     res = sim.wait("reader", reader.get(FILE, sim.now), timeout=30)
     assert res.ok, res
     assert [(i, d) for i, d in res.entries] == [(e[1], e[4]) for e in first[:len(res.entries)]]
-    assert len(res.entries) >= max(o.acked.values(), default=0)
+    assert (res.entries[-1][0] if res.entries else 0) >= max(o.acked.values(), default=0)
 
 
 def describe(sim: Sim) -> str:

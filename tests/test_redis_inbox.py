@@ -64,13 +64,12 @@ def test_accept_only_next_and_read_ack(redis_port: int) -> None:
         got = await s.read(t, 1, 10)
         assert [(e.channel, e.seq, e.payload, e.end) for e in got] == [(7, 1, b"a", False), (7, 2, b"b", True)]
         assert await s.read(t, 1, 10) == []
-        await s.apply(t, 1, Applied(index=5, acks=[got[0].id], state=[(1, [("k", 3)])],
-                                    outbox=[(2, 1, b"o1", False), (2, 2, b"o2", False)], trims={}))
-        cache = await s.cache(t)
-        assert cache["applied"] == 5 and cache["state"] == {(1, "k"): 3}
-        assert cache["outbox"] == {2: {1: (b"o1", False), 2: (b"o2", False)}}
-        await s.apply(t, 1, Applied(index=6, trims={2: 1}))
-        assert (await s.cache(t))["outbox"] == {2: {2: (b"o2", False)}}
+        await s.apply(t, 1, Applied(index=5, acks=[got[0].id]))
+        assert await r.xlen(keys(t)["in"]) == 1           # acked and deleted: only the second is left
+        await s.apply(t, 1, Applied(index=6))              # nothing to ack: a no-op
+        # Redis holds the dedup state and the inbox, and no copy of the task's state or outbox
+        assert sorted(k.decode() for k in await r.keys(f"rs:{t}:*")) == sorted(
+            [keys(t)["owner"], keys(t)["marks"], keys(t)["in"]])
         # redis-cli shows the dedup state and what is in flight
         assert await r.hget(keys(t)["marks"], "7") == b"2"
         groups = await r.xinfo_groups(keys(t)["in"])
@@ -163,5 +162,27 @@ def test_same_as_memory_model(redis_port: int, program) -> None:  # type: ignore
                 marks = {a: b}
                 assert await s.open(t, epoch, marks) == mem.open(t, epoch, marks)
                 read_r, read_m = [], []
+
+    run(redis_port, body)
+
+
+def test_forget_deletes_a_tasks_keys_unless_a_newer_instance_owns_them(redis_port: int) -> None:
+    async def body(s: RedisInboxStore, r: aredis.Redis) -> None:
+        t, other = "we*rd@7:1:0", "weXrd@7:1:0"     # a job name is the user's: glob characters are literal
+        for task in (t, other):     # what an instance of epoch 2 leaves: owner, marks, inbox, an outbox
+            k = keys(task)
+            await r.set(k["owner"], 2)
+            await r.hset(k["marks"], "0", 1)
+            await r.xadd(k["in"], {"c": 0, "s": 1, "p": b"a", "e": 0})
+            await r.zadd(k["out"] + "4", {b"batch": 1})
+        assert await s.tasks_with_keys("we*rd@7") == {t}
+        assert await s.tasks_with_keys() >= {t, other}
+        assert not await s.forget(t, keep_from=2)      # an instance of epoch 2 moved back here: kept
+        assert await r.exists(keys(t)["owner"], keys(t)["in"], keys(t)["out"] + "4") == 3
+        assert await s.forget(t, keep_from=3)          # the stopped instance was older: all go
+        assert await s.tasks_with_keys("we*rd@7") == set()
+        assert await r.exists(keys(other)["owner"], keys(other)["out"] + "4") == 2   # its neighbour's stay
+        assert await s.forget(other)
+        assert await s.tasks_with_keys("weXrd@7") == set()
 
     run(redis_port, body)

@@ -74,7 +74,10 @@ def _data() -> list[str]:
 
 @pytest.fixture
 def cluster(make_cluster, tmp_path: Path):  # type: ignore[no-untyped-def]
-    c = make_cluster(5)
+    return _prepare(make_cluster(5), tmp_path)
+
+
+def _prepare(c: LocalCluster, tmp_path: Path) -> LocalCluster:
     rows = _data()
     c.rows = rows
     (tmp_path / "filter.py").write_text(FILTER_JOB)
@@ -83,7 +86,7 @@ def cluster(make_cluster, tmp_path: Path):  # type: ignore[no-untyped-def]
     _dfs(c, lambda cl: cl.create("signs", ("\n".join(rows) + "\n").encode()))
     # every replica vouches for its files only `settle` s after joining: start jobs after that
     time.sleep(3)
-    return c
+    return c  # type: ignore[no-any-return]
 
 
 def _dfs(c: LocalCluster, fn: Any) -> Any:
@@ -196,6 +199,42 @@ def test_failure_free(cluster: LocalCluster) -> None:
 def test_sigkill_one_worker(cluster: LocalCluster) -> None:
     _run_with(cluster, "kill1", lambda: local.kill(cluster.dir, _node_running(cluster, "count-kill1-count", 1)))
     assert sum(t["restarts"] for t in _job(cluster, "count-kill1-count")["tasks"]) >= 1
+
+
+def test_snapshots_compact_the_logs_and_a_killed_task_rebuilds_from_one(make_cluster, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real nodes snapshotting every 10 commits: the count task's node is SIGKILLed mid-job; the output
+    is exact, the replacement read a snapshot and a short log, and the logs were trimmed in HyDFS."""
+    every = 10
+    toml = tmp_path / "rainstorm.toml"
+    toml.write_text(f"[worker]\nsnapshot_every = {every}\n")
+    monkeypatch.setenv("RAINSTORM_CONFIG", str(toml))     # the node processes inherit it
+    c = _prepare(make_cluster(5), tmp_path)
+    name = "count-snap-count"
+    _submit(c, "count", "snap-count")
+    wait_for(lambda: any(t["stage"] == 1 and t["snapshots"] >= 2 for t in _job(c, name)["tasks"]), 30,
+             "a count task's second snapshot", step=0.2)
+    victim = next(t for t in _job(c, name)["tasks"] if t["stage"] == 1 and t["snapshots"] >= 2
+                  and t["node"] != c.leader())
+    local.kill(c.dir, victim["node"])
+    _wait_done(c, name)
+    _check(c, "count", "snap-count")
+    job = _job(c, name)
+    again = next(t for t in job["tasks"] if t["task"] == victim["task"])
+    assert again["reported_epoch"] > victim["epoch"], again
+    # it started from a snapshot: what it read of the log is about one interval, not everything before
+    assert 0 < again["rebuilt_records"] <= every + 8, again
+
+    async def firsts(cl: Client) -> list[int]:
+        out = []
+        for t in job["tasks"]:
+            _, stage, index = t["task"].rsplit(":", 2)
+            out.append((await cl.ls(f"rs/{job['key']}/log/{stage}.{index}"))["first"])
+        return out
+
+    got = dict(zip([t["task"] for t in job["tasks"]], _dfs(c, firsts), strict=True))
+    busy = [t["task"] for t in job["tasks"] if t["commits"] >= every]   # (a source task without blocks commits once)
+    assert len(busy) >= 3 and all(got[t] > 1 for t in busy), got      # their logs were trimmed behind a snapshot
 
 
 def test_sigkill_two_workers_adjacent_stages(cluster: LocalCluster) -> None:

@@ -48,13 +48,18 @@ class Plan:
         return f"{self.job}:{ref[0]}:{ref[1]}"
 
     def log_name(self, ref: TaskRef) -> str:
-        return f"rs/{self.job}/log/{ref[0]}.{ref[1]}"
+        return log_name(self.job, ref)
 
     def tasks(self) -> list[TaskRef]:
         return [(ps.index, p) for ps in self.phys for p in range(ps.tasks)]
 
     def is_sink(self, stage: int) -> bool:
         return stage == len(self.phys) - 1
+
+
+def log_name(job: str, ref: TaskRef) -> str:
+    """A task's HyDFS log; ``job`` is the run key (``name@run``). The controller names them for ``rm``."""
+    return f"rs/{job}/log/{ref[0]}.{ref[1]}"
 
 
 def build_plan(job: str, src: str, dest: str, stages: Sequence[Operator], tasks: int | Sequence[int] = 1,

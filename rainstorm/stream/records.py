@@ -22,8 +22,19 @@ A task's log (one HyDFS file per task) is the truth; each append entry holds exa
     - ``pub``     the highest log index whose sink/dead lines are known appended (a rebuild republishes
       only what follows).
 
-Type 2 is reserved for a SNAPSHOT record (epoch, HyDFS file name, log index it covers): the hook where
-a rebuild will start from the last snapshot instead of the first record.
+``[2, SNAPSHOT, epoch, file, index]``
+    the task's whole state as of log index ``index`` is in the HyDFS file ``file`` (a
+    :class:`TaskState`). A rebuild starts from the last snapshot record: it reads the file and
+    replays only the commit records above ``index``. Once the record is in the log, the task trims
+    the log below ``index + 1`` (HyDFS drops those entries), so a log holds one snapshot's worth of
+    records at most and a rebuild's cost follows the snapshot interval, not the task's age.
+
+A snapshot file holds ``[2, STATE, index, committed, ended, source, state, out, pub, sink_at, pending]``:
+the receiver marks and ended flags per input channel, the source offset, every group of every
+stateful stage, per output channel ``[last, ended, committed, [[seq, payload, end], ...]]`` (the
+outbox above the receiver's committed mark), the published index, the last commit at or below it with
+sink lines (publishes are ordered after it), and the sink / dead-letter lines of the commits above
+``pub`` as ``[[index, sink, dead], ...]``.
 
 A tuple batch (a channel payload, one inbox stream entry) is ``[[id, key, value], ...]``.
 """
@@ -38,7 +49,7 @@ import msgpack
 from rainstorm.stream.operators import Tup, freeze
 
 VERSION = 2
-FENCE, COMMIT, SNAPSHOT = 0, 1, 2
+FENCE, COMMIT, SNAPSHOT, STATE = 0, 1, 2, 3
 MAX_INT = (1 << 63) - 1
 MAX_ID = 4096
 
@@ -69,7 +80,42 @@ class CommitRecord:
     pub: int = 0
 
 
-Record = FenceRecord | CommitRecord
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """The task's state as of log ``index`` is in HyDFS file ``file``."""
+
+    epoch: int
+    file: str
+    index: int
+
+
+@dataclass(slots=True)
+class OutState:
+    """One output channel in a snapshot: its last seq, whether it ended, the receiver's committed mark
+    and the outbox above it."""
+
+    last: int
+    ended: bool
+    committed: int
+    batches: list[tuple[int, bytes, bool]]
+
+
+@dataclass(slots=True)
+class TaskState:
+    """A task's state as of log index ``index`` (the content of a snapshot file)."""
+
+    index: int
+    committed: list[int]
+    ended: list[bool]
+    source: tuple[int, bool] | None
+    state: StateChanges
+    out: list[OutState]
+    pub: int
+    sink_at: int
+    pending: list[tuple[int, bytes, bytes]]
+
+
+Record = FenceRecord | CommitRecord | SnapshotRecord
 
 _packer = msgpack.Packer(autoreset=True)
 
@@ -77,6 +123,8 @@ _packer = msgpack.Packer(autoreset=True)
 def encode_record(rec: Record) -> bytes:
     if isinstance(rec, FenceRecord):
         return _packer.pack([VERSION, FENCE, rec.epoch])
+    if isinstance(rec, SnapshotRecord):
+        return _packer.pack([VERSION, SNAPSHOT, rec.epoch, rec.file, rec.index])
     return _packer.pack([VERSION, COMMIT, rec.epoch, rec.inputs, rec.source, rec.outputs, rec.sink, rec.dead,
                          rec.state, rec.acks, rec.pub])
 
@@ -120,6 +168,10 @@ def decode_record(data: bytes) -> Record:
         if len(v) != 3:
             raise RecordError("fence record: expected 3 fields")
         return FenceRecord(epoch)
+    if kind == SNAPSHOT and type(kind) is int:
+        if len(v) != 5 or type(v[3]) is not str:
+            raise RecordError("snapshot record: expected [version, type, epoch, file, index]")
+        return SnapshotRecord(epoch, v[3], _nat(v[4], "snapshot index"))
     if kind != COMMIT or type(kind) is not int:
         raise RecordError(f"record type {kind!r:.20} is not supported")
     if len(v) != 11:
@@ -138,18 +190,60 @@ def decode_record(data: bytes) -> Record:
                             _bool(x[3], "output end")))
     rec.sink = _bytes(sink, "sink")
     rec.dead = _bytes(dead, "dead")
-    for x in _list(state, "state"):
-        x = _list(x, "state stage", 2)
-        changes = []
-        for pair in _list(x[1], "state changes"):
-            pair = _list(pair, "state change", 2)
-            changes.append((freeze(pair[0]), pair[1]))
-        rec.state.append((_nat(x[0], "state stage"), changes))
+    rec.state = _state(state)
     for x in _list(acks, "acks"):
         x = _list(x, "ack", 2)
         rec.acks.append((_nat(x[0], "ack partition"), _nat(x[1], "ack mark")))
     rec.pub = _nat(pub, "pub")
     return rec
+
+
+def _state(v: Any) -> StateChanges:
+    out: StateChanges = []
+    for x in _list(v, "state"):
+        x = _list(x, "state stage", 2)
+        changes = []
+        for pair in _list(x[1], "state changes"):
+            pair = _list(pair, "state change", 2)
+            changes.append((freeze(pair[0]), pair[1]))
+        out.append((_nat(x[0], "state stage"), changes))
+    return out
+
+
+def encode_state(st: TaskState) -> bytes:
+    return _packer.pack([VERSION, STATE, st.index, st.committed, st.ended, st.source, st.state,
+                         [[o.last, o.ended, o.committed, o.batches] for o in st.out], st.pub, st.sink_at,
+                         st.pending])
+
+
+def decode_state(data: bytes) -> TaskState:
+    """A snapshot file's content. Raises RecordError for anything malformed or of another version."""
+    try:
+        v = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise RecordError(f"snapshot is not msgpack: {type(exc).__name__}") from None
+    if type(v) is not list or len(v) != 11 or v[0] != VERSION or v[1] != STATE:
+        raise RecordError("snapshot: expected [version, STATE, index, ...] of this version")
+    _, _, index, committed, ended, source, state, out, pub, sink_at, pending = v
+    src = None
+    if source is not None:
+        s = _list(source, "snapshot source", 2)
+        src = (_nat(s[0], "source offset"), _bool(s[1], "source eof"))
+    chans = []
+    for o in _list(out, "snapshot outputs"):
+        o = _list(o, "snapshot output", 4)
+        batches = []
+        for b in _list(o[3], "outbox"):
+            b = _list(b, "outbox batch", 3)
+            batches.append((_nat(b[0], "outbox seq"), _bytes(b[1], "outbox payload"), _bool(b[2], "outbox end")))
+        chans.append(OutState(_nat(o[0], "last"), _bool(o[1], "ended"), _nat(o[2], "committed"), batches))
+    pend = []
+    for x in _list(pending, "pending"):
+        x = _list(x, "pending commit", 3)
+        pend.append((_nat(x[0], "pending index"), _bytes(x[1], "pending sink"), _bytes(x[2], "pending dead")))
+    return TaskState(_nat(index, "snapshot index"), [_nat(c, "committed") for c in _list(committed, "committed")],
+                     [_bool(e, "ended") for e in _list(ended, "ended")], src, _state(state), chans,
+                     _nat(pub, "pub"), _nat(sink_at, "sink_at"), pend)
 
 
 # --------------------------------------------------------------------------- tuple batches

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from rainstorm.stream.source import Lines, Stripe, read_lines
 
@@ -38,6 +38,10 @@ class NotOwner(Exception):
     """The inbox store is owned by a newer instance of the task, or lost the task's data."""
 
 
+class Missing(Exception):
+    """A file the task needs is not there (a snapshot file its log names)."""
+
+
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     """One accepted batch in a task's inbox stream (Redis: a stream entry id and its fields)."""
@@ -51,15 +55,14 @@ class InboxEntry:
 
 @dataclass(slots=True)
 class Applied:
-    """What one commit changes in the Redis cache, applied in one atomic step (MULTI / Lua) after the
-    commit record is in the log: the applied log index, the state changes, the outbox additions and
-    trims, and the XACK of the inbox entries the record consumed."""
+    """What a commit changes in the node's Redis once its record is in the log: the inbox entries it
+    consumed are acknowledged and deleted (XACK + XDEL). ``index``: the commit's log index (the last
+    one, when several commits are applied in one step). Redis holds no copy of the task's state,
+    outbox or applied index: nothing ever read them (a rebuild reads the log and its snapshot), and
+    writing them cost Redis CPU and memory on every commit (docs/performance.md)."""
 
     index: int
     acks: list[str] = field(default_factory=list)
-    state: list[tuple[int, list[tuple[Any, Any]]]] = field(default_factory=list)
-    outbox: list[tuple[int, int, bytes, bool]] = field(default_factory=list)   # (partition, seq, payload, end)
-    trims: dict[int, int] = field(default_factory=dict)                       # partition -> receiver committed
 
 
 class LogStore(Protocol):
@@ -70,7 +73,24 @@ class LogStore(Protocol):
         ...
 
     def entries(self, name: str) -> list[tuple[int, bytes]]:
-        """All acknowledged entries as (index, data); [] for a missing file."""
+        """All acknowledged entries as (index, data) that a trim left; [] for a missing file."""
+        ...
+
+    def trim(self, name: str, below: int, *, fence: str, epoch: int, client: str, seq: int) -> int:
+        """Drop every entry below index ``below``; fenced and keyed like ``append`` (it is ordered
+        with the appends). Returns the trim's own index."""
+        ...
+
+    def put(self, name: str, data: bytes) -> None:
+        """Create a whole file (a snapshot); one that exists is left as it is (its name says what it holds)."""
+        ...
+
+    def get(self, name: str) -> bytes:
+        """A whole file; raises Missing if there is none."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Remove a file; a missing one is fine."""
         ...
 
 
@@ -103,6 +123,14 @@ class AsyncLogStore(Protocol):
 
     async def entries(self, name: str) -> list[tuple[int, bytes]]: ...
 
+    async def trim(self, name: str, below: int, *, fence: str, epoch: int, client: str, seq: int) -> int: ...
+
+    async def put(self, name: str, data: bytes) -> None: ...
+
+    async def get(self, name: str) -> bytes: ...
+
+    async def remove(self, name: str) -> None: ...
+
 
 class AsyncInboxStore(Protocol):
     async def open(self, task: str, epoch: int, marks: Mapping[int, int]) -> dict[int, int]: ...
@@ -130,36 +158,74 @@ class MemFile:
     dedup: dict[tuple[str, int], int] = field(default_factory=dict)
     fences: dict[str, int] = field(default_factory=dict)
     epochs: list[tuple[str, int]] = field(default_factory=list)   # (fence, epoch) per entry, for checks
+    last: int = 0                                                  # the last index (trims take one too)
+    gone: list[tuple[int, bytes]] = field(default_factory=list)    # trimmed entries, for the checks only
 
 
 class MemoryLogStore:
-    """HyDFS files as the stream layer sees them: idempotent, fenced appends; whole-file reads."""
+    """HyDFS files as the stream layer sees them: idempotent, fenced appends and trims; whole-file reads."""
 
     def __init__(self) -> None:
         self.files: dict[str, MemFile] = {}
+        self.blobs: dict[str, bytes] = {}
         self.fenced = 0
 
-    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
-               after: int = 0) -> int:
+    def _admit(self, name: str, fence: str, epoch: int, client: str, seq: int,
+               after: int) -> tuple[MemFile, int | None]:
+        """The conditions of an append or trim, in HyDFS's order: the key, the order, the fence."""
         f = self.files.setdefault(name, MemFile())
         idx = f.dedup.get((client, seq))
         if idx is not None:
-            return idx
+            return f, idx
         if after and (client, after) not in f.dedup:
             raise OutOfOrder(f"{name}: ({client}, {seq}) before ({client}, {after})")
         if epoch < f.fences.get(fence, -1):
             self.fenced += 1
             raise Fenced(f"{name}: epoch {epoch} < {f.fences[fence]} recorded for {fence}")
         f.fences[fence] = epoch
-        idx = len(f.entries) + 1
-        f.entries.append((idx, bytes(data)))
-        f.dedup[(client, seq)] = idx
+        f.last += 1
+        f.dedup[(client, seq)] = f.last
         f.epochs.append((fence, epoch))
-        return idx
+        return f, None
+
+    def append(self, name: str, data: bytes, *, fence: str, epoch: int, client: str, seq: int,
+               after: int = 0) -> int:
+        f, idx = self._admit(name, fence, epoch, client, seq, after)
+        if idx is not None:
+            return idx
+        f.entries.append((f.last, bytes(data)))
+        return f.last
+
+    def trim(self, name: str, below: int, *, fence: str, epoch: int, client: str, seq: int) -> int:
+        f, idx = self._admit(name, fence, epoch, client, seq, 0)
+        if idx is not None:
+            return idx
+        k = 0
+        while k < len(f.entries) and f.entries[k][0] < below:
+            k += 1
+        f.gone.extend(f.entries[:k])
+        del f.entries[:k]
+        return f.last
 
     def entries(self, name: str) -> list[tuple[int, bytes]]:
         f = self.files.get(name)
         return list(f.entries) if f else []
+
+    def history(self, name: str) -> list[tuple[int, bytes]]:
+        """Every entry ever appended, trimmed ones included (for the simulators' checks)."""
+        f = self.files.get(name)
+        return sorted(f.gone + f.entries) if f else []
+
+    def put(self, name: str, data: bytes) -> None:
+        self.blobs.setdefault(name, bytes(data))
+
+    def get(self, name: str) -> bytes:
+        if name not in self.blobs:
+            raise Missing(name)
+        return self.blobs[name]
+
+    def remove(self, name: str) -> None:
+        self.blobs.pop(name, None)
 
     def data(self, name: str) -> bytes:
         return b"".join(d for _, d in self.entries(name))
@@ -172,8 +238,6 @@ class _TaskInbox:
     entries: list[InboxEntry] = field(default_factory=list)   # accepted, not acked
     cursor: int = 0                                           # entries[:cursor] were read by the owner
     applied: int = 0
-    state: dict[tuple[int, Any], Any] = field(default_factory=dict)
-    outbox: dict[int, dict[int, tuple[bytes, bool]]] = field(default_factory=dict)
     next_id: int = 0
 
 
@@ -189,8 +253,8 @@ class MemoryInboxStore:
 
     def snapshot(self) -> dict[str, _TaskInbox]:
         """A copy of the data as it is now (what an AOF fsynced now would bring back)."""
-        return {k: _TaskInbox(t.owner, dict(t.accepted), list(t.entries), t.cursor, t.applied, dict(t.state),
-                              {p: dict(b) for p, b in t.outbox.items()}, t.next_id) for k, t in self.tasks.items()}
+        return {k: _TaskInbox(t.owner, dict(t.accepted), list(t.entries), t.cursor, t.applied, t.next_id)
+                for k, t in self.tasks.items()}
 
     def restore(self, snap: dict[str, _TaskInbox]) -> None:
         """Redis restarted from an older AOF: the last writes are gone (``history`` is not data: kept).
@@ -250,15 +314,6 @@ class MemoryInboxStore:
             t.entries = [e for e in t.entries if e.id not in gone]
             t.cursor -= read_gone
         t.applied = max(t.applied, update.index)
-        for stage, changes in update.state:
-            for g, v in changes:
-                t.state[(stage, g)] = v
-        for part, seq, payload, end in update.outbox:
-            t.outbox.setdefault(part, {})[seq] = (payload, end)
-        for part, committed in update.trims.items():
-            box = t.outbox.get(part, {})
-            for s in [s for s in box if s <= committed]:
-                del box[s]
 
 
 class MemorySource:

@@ -10,9 +10,10 @@ Life of an instance (task = physical stage s, partition p; the leader gives each
 
 1. FENCING: append ``FenceRecord(epoch)`` to the task log, conditional on the epoch. From then on no
    older instance can append to the log (HyDFS checks the fence with the append, in log order).
-2. REBUILDING: read the whole log (the snapshot hook: a SNAPSHOT record would let this start later)
-   and replay every commit record: channel marks, source offset, aggregate state, outbox (outputs
-   above the receivers' logged committed marks), unpublished sink/dead-letter lines.
+2. REBUILDING: read the log; if it holds a SNAPSHOT record, read the last one's file (the whole
+   state as of an index) and replay only the commit records above that index, else replay them all:
+   channel marks, source offset, aggregate state, outbox (outputs above the receivers' logged
+   committed marks), unpublished sink/dead-letter lines.
 3. OPENING: take the inbox at this epoch with the committed marks (accepted := max(accepted, committed)).
 4. RUNNING, three lanes:
    - main: read a batch (inbox entries or source lines) -> run the fused operators -> append ONE
@@ -27,6 +28,13 @@ Life of an instance (task = physical stage s, partition p; the leader gives each
      (``after``); the next commit logs ``pub``, the index below which all are done.
    Deliveries of committed batches flow as receivers answer; every delivery is answered with
    (epoch, accepted, committed).
+   - snapshot: every ``snapshot_every`` commits (or ``snapshot_bytes`` of records), once the commits
+     in flight are acknowledged, the state as of the applied index is copied (encoded at once) and
+     written to its own file; then a SNAPSHOT record naming it is appended (fenced like a commit),
+     then the log is trimmed below the snapshot's index + 1, then the previous snapshot file is
+     removed. A crash between any two steps leaves a log that rebuilds: the last snapshot record in
+     the log always names a file that is there (a file is removed only after a trim dropped every
+     record naming it, and a zombie's trim is fenced).
 
 Why it is exactly-once (per channel; the source offset and the publish keys are the same argument):
 the producer's log fixes seq -> payload (seqs are assigned at commit, contiguously, and a new instance
@@ -58,10 +66,15 @@ from rainstorm.stream.records import (
     CommitRecord,
     FenceRecord,
     Output,
+    OutState,
     RecordError,
+    SnapshotRecord,
+    TaskState,
     decode_batch,
     decode_record,
+    decode_state,
     encode_record,
+    encode_state,
 )
 from rainstorm.stream.source import Lines, Stripe
 from rainstorm.stream.stores import (
@@ -70,6 +83,7 @@ from rainstorm.stream.stores import (
     InboxEntry,
     InboxStore,
     LogStore,
+    Missing,
     NotOwner,
     OutOfOrder,
     SourceReader,
@@ -96,6 +110,8 @@ class TaskConfig:
     rate: float | None = None    # paced source: lines per second per source task arrive (None: all there)
     follow: bool = False         # source: at the end of the file, wait for appended lines (until stopped)
     block: int = 1 << 20         # source file blocks: task p of N reads blocks p, p+N, ... (same for all tasks)
+    snapshot_every: int = 1000   # commits between snapshots (0: never); a rebuild replays at most about this many
+    snapshot_bytes: int = 64 << 20   # ... or this many bytes of commit records, whichever comes first
 
 
 # --------------------------------------------------------------------------- effects
@@ -185,6 +201,42 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteSnapshot:
+    """Write a snapshot file (a whole new file; one that exists already holds the same state)."""
+
+    op: int
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSnapshot:
+    op: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrimLog:
+    """Drop the log's entries below ``below``: fenced and keyed like a log append."""
+
+    op: int
+    name: str
+    below: int
+    fence: str
+    epoch: int
+    client: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFile:
+    """Remove a snapshot file no record names any more (best effort: a failure costs only space)."""
+
+    op: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """A message for the current instance of task ``dest`` (fire and forget; loss is tolerated)."""
 
@@ -192,7 +244,8 @@ class Send:
     msg: Message
 
 
-Effect = AppendLog | ReadLog | OpenInbox | ReadInbox | Accept | ApplyInbox | ReadSource | Publish | Send
+Effect = (AppendLog | ReadLog | OpenInbox | ReadInbox | Accept | ApplyInbox | ReadSource | Publish | WriteSnapshot
+          | ReadSnapshot | TrimLog | RemoveFile | Send)
 
 
 @dataclass(slots=True)
@@ -204,6 +257,7 @@ class _Commit:
     acks: list[str]
     index: int | None = None
     arrivals: tuple[float, float, int] | None = None   # paced source: first / last line arrival, lines
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -235,6 +289,7 @@ class Death(enum.Enum):
     REPLAY = "replay"          # the log does not replay (a record it cannot decode)
     GAP = "gap"                # the inbox skipped a sequence number
     NO_FENCE = "no_fence"      # its own fence is missing from the log it read
+    NO_SNAPSHOT = "no_snapshot"  # the snapshot file its log names is not there
 
 
 # --------------------------------------------------------------------------- the task
@@ -307,10 +362,21 @@ class Task:
         self._pubs: dict[int, _Pub] = {}            # publish op -> its commit's lines
         self._sink_at: list[int] = []               # rebuild: log indexes of the commits with sink lines
         self._out_prev = 0                          # the last commit whose sink lines were sent to publish
+        self._sink_pub = 0                          # the last commit <= pub with sink lines
         self._ops: dict[int, tuple[str, int]] = {}  # op id -> (kind, detail)
         self._next_op = 0
         self._log_seq = 0
+        self._prev_seq = 0                          # the last fence / commit / snapshot append: commits follow it
         self._effects: list[Effect] = []
+        # snapshots: "" | want (drain, then copy) | writing | recording | trimming
+        self._snap = ""
+        self._snap_state: TaskState | None = None   # the one being taken
+        self._snap_file = ""                        # the file the log's last snapshot record names
+        self._new_snap_file = ""
+        self._since_commits = 0
+        self._since_bytes = 0
+        self._removing = 0                          # old snapshot files being removed
+        self._replay: list[tuple[int, Any]] = []    # rebuild: the decoded log, while its snapshot is read
 
     # ------------------------------------------------------------------ driver interface
 
@@ -331,7 +397,8 @@ class Task:
     def done(self) -> bool:
         """Finished, every output committed by its receiver, every line published: nothing left to do."""
         return (self.phase is Phase.RUNNING and self.finished and self._main == "idle" and not self._inflight
-                and not self._apply_q and self._apply_op is None and not self._pub_q
+                and not self._apply_q and self._apply_op is None and not self._pub_q and not self._snap
+                and not self._removing
                 and all(ch.ended and not ch.pending() for ch in self.out))
 
     def start(self, now: float = 0.0) -> None:
@@ -382,6 +449,39 @@ class Task:
                     c.index = index
             while self._inflight and self._inflight[0].index is not None:
                 self._committed(self._inflight.popleft())
+        elif kind == "snapshot":
+            assert self._snap_state is not None
+            self._snap = "trimming"
+            self._log_seq += 1
+            self._emit(TrimLog(self._op("trim"), self.log, self._snap_state.index + 1, self.name, self.epoch,
+                               self.client, self._log_seq))
+        elif kind == "trim":
+            if self._snap_file:
+                self._removing += 1
+                self._emit(RemoveFile(self._op("remove"), self._snap_file))
+            self._snap_file, self._snap, self._snap_state = self._new_snap_file, "", None
+            self.stats["snapshots"] += 1
+            self._kick()
+
+    def on_snapshot_written(self, op: int) -> None:
+        if self._done(op) != "snapwrite":
+            return
+        assert self._snap_state is not None
+        self._snap = "recording"
+        self._append(encode_record(SnapshotRecord(self.epoch, self._new_snap_file, self._snap_state.index)),
+                     "snapshot")
+
+    def on_snapshot_read(self, op: int, data: bytes) -> None:
+        if self._done(op) != "snapread":
+            return
+        try:
+            self._finish_rebuild(decode_state(data))
+        except (RecordError, ValueError, IndexError, KeyError) as exc:
+            self._die(f"snapshot {self._snap_file} does not restore: {exc}", Death.REPLAY)
+
+    def on_removed(self, op: int) -> None:
+        if self._done(op) == "remove":
+            self._removing -= 1
 
     def on_log_read(self, op: int, entries: list[tuple[int, bytes]]) -> None:
         if self._done(op) != "readlog":
@@ -390,11 +490,6 @@ class Task:
             self._rebuild(entries)
         except (RecordError, ValueError, IndexError, KeyError) as exc:
             self._die(f"log {self.log} does not replay: {exc}", Death.REPLAY)
-            return
-        if self.alive:
-            self.phase = Phase.OPENING
-            marks = {c: m for c, m in enumerate(self.committed)}
-            self._emit(OpenInbox(self._op("open"), self.name, self.epoch, marks))
 
     def on_inbox_opened(self, op: int, accepted: Mapping[int, int]) -> None:
         if self._done(op) != "open":
@@ -507,7 +602,10 @@ class Task:
             first, last, n = item.arrivals
             self.latency.add(self.now - last, self.now - first, n)
         while self._pub_q and self._pub_q[0].sent and not self._pub_q[0].ops:
-            self.pub = self._pub_q.popleft().index
+            done = self._pub_q.popleft()
+            self.pub = done.index
+            if done.sink:
+                self._sink_pub = done.index
         self._pump_publish()
         self._kick()
 
@@ -535,38 +633,114 @@ class Task:
     def _append(self, data: bytes, kind: str) -> int:
         self._log_seq += 1
         op = self._op(kind)
-        after = self._log_seq - 1 if kind == "commit" else 0   # pipelined commits land in order
+        after = self._prev_seq if kind == "commit" else 0   # pipelined commits land in order
+        self._prev_seq = self._log_seq
         self._emit(AppendLog(op, self.log, data, self.name, self.epoch, self.client, self._log_seq, after))
         return op
 
     # ------------------------------------------------------------------ rebuild
 
     def _rebuild(self, entries: list[tuple[int, bytes]]) -> None:
-        fence = -1
-        for index, data in entries:
-            rec = decode_record(data)
+        """Check the fences, then restore from the last snapshot (read its file first) or replay all."""
+        recs = [(index, decode_record(data)) for index, data in entries]
+        fence, snap = -1, None
+        for _, rec in recs:
             if isinstance(rec, FenceRecord):
                 if rec.epoch > self.epoch:
                     self._die(f"replaced by epoch {rec.epoch}", Death.FENCED)
                     return
                 fence = max(fence, rec.epoch)
+            elif isinstance(rec, SnapshotRecord):
+                snap = rec
+        if fence != self.epoch:
+            self._die(f"own fence (epoch {self.epoch}) missing from the log read", Death.NO_FENCE)
+            return
+        self._replay = recs
+        if snap is None:
+            self._finish_rebuild(None)
+            return
+        self._snap_file = snap.file
+        self._emit(ReadSnapshot(self._op("snapread"), snap.file))
+
+    def _finish_rebuild(self, snap: TaskState | None) -> None:
+        recs, self._replay = self._replay, []
+        base = 0
+        if snap is not None:
+            self._restore(snap)
+            base = snap.index
+            self.stats["snapshot_index"] = base
+        fence, replayed = -1, 0
+        for index, rec in recs:
+            if isinstance(rec, FenceRecord):
+                fence = max(fence, rec.epoch)
+                continue
+            if isinstance(rec, SnapshotRecord) or index <= base:
                 continue
             if rec.epoch < fence:
                 self.stats["stale_records"] += 1   # a lower epoch after a fence: HyDFS must never allow it
                 continue
             self._apply_record(index, rec, live=False)
-        if fence != self.epoch:
-            self._die(f"own fence (epoch {self.epoch}) missing from the log read", Death.NO_FENCE)
-            return
+            replayed += 1
         self._pub_q = deque(x for x in self._pub_q if x.index > self.pub)
         # destination lines land in commit order (a key's running values never go back): the first
         # publish follows the last commit with sink lines that is known published
-        self._out_prev = max((i for i in self._sink_at if i <= self.pub), default=0)
+        self._out_prev = self._sink_pub = max((i for i in self._sink_at if i <= self.pub), default=0)
         self._sink_at = []
         self._taken, self._ended_taken = list(self.committed), list(self.ended)
         self._seq_taken = [ch.last for ch in self.out]
         self._read_pos, self._eof_taken = self.next_pos, self.eof
-        self.stats["rebuilt_records"] = len(entries)
+        self.stats["rebuilt_records"] = len(recs)    # log entries read
+        self.stats["replayed_records"] = replayed   # commit records applied on top of the snapshot
+        self.phase = Phase.OPENING
+        marks = {c: m for c, m in enumerate(self.committed)}
+        self._emit(OpenInbox(self._op("open"), self.name, self.epoch, marks))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _capture(self) -> TaskState:
+        """The state as of the applied index (no commit in flight: the chain's state is the applied one)."""
+        return TaskState(
+            self.applied, list(self.committed), list(self.ended),
+            (self.next_pos, self.eof) if self.is_source else None,
+            [(stage, list(st.items())) for stage, st in self.chain.state.items() if st],
+            [OutState(ch.last, ch.ended, ch.committed, [(q, *ch.batches[q]) for q in sorted(ch.batches)])
+             for ch in self.out],
+            self.pub, self._sink_pub, [(x.index, x.sink, x.dead) for x in self._pub_q if x.index > self.pub])
+
+    def _restore(self, st: TaskState) -> None:
+        if len(st.committed) != len(self.committed) or len(st.ended) != len(self.ended) or \
+                len(st.out) != len(self.out) or (st.source is None) == self.is_source:
+            raise ValueError("snapshot does not fit this task's plan")
+        self.committed, self.ended = list(st.committed), list(st.ended)
+        if st.source is not None:
+            self.next_pos, self.eof = st.source
+        for stage, changes in st.state:
+            target = self.chain.state[stage]
+            for g, v in changes:
+                target[g] = v
+        for q, (ch, o) in enumerate(zip(self.out, st.out, strict=True)):
+            if o.committed > o.last or [b[0] for b in o.batches] != list(range(o.committed + 1, o.last + 1)):
+                raise ValueError(f"snapshot outbox of channel {q} is not the batches above its committed mark")
+            ch.last, ch.ended, ch.committed = o.last, o.ended, o.committed
+            ch.sent = o.committed
+            ch.batches = {seq: (payload, end) for seq, payload, end in o.batches}
+            self._acks_logged[q] = o.committed
+        self.pub = st.pub
+        if st.sink_at:
+            self._sink_at.append(st.sink_at)
+        self._pub_q = deque(_Pub(i, sink, dead, set()) for i, sink, dead in st.pending)
+        self.applied = st.index
+
+    def _snapshot_due(self) -> bool:
+        every, size = self.cfg.snapshot_every, self.cfg.snapshot_bytes
+        return bool(every) and (self._since_commits >= every or (size > 0 and self._since_bytes >= size))
+
+    def _take_snapshot(self) -> None:
+        st = self._capture()
+        self._snap_state, self._snap = st, "writing"
+        self._since_commits = self._since_bytes = 0
+        self._new_snap_file = f"{self.log}.snap.{self.epoch}.{st.index}"
+        self._emit(WriteSnapshot(self._op("snapwrite"), self._new_snap_file, encode_state(st)))
 
     def _apply_record(self, index: int, rec: CommitRecord, live: bool,
                       arrivals: tuple[float, float, int] | None = None) -> None:
@@ -612,7 +786,13 @@ class Task:
     def _kick(self) -> None:
         """Start reading the next batch if a commit slot is free (this overlaps the commits in flight)."""
         self.wake_at = math.inf   # set again below only while a paced batch waits to fill
-        if self.phase is not Phase.RUNNING or self._main != "idle" or self._blocked():
+        if self.phase is not Phase.RUNNING or self._main != "idle":
+            return
+        if self._snap == "want":
+            if self._inflight:
+                return    # let the pipeline drain: a snapshot is of the applied state
+            self._take_snapshot()
+        if self._blocked():
             return
         if self.is_source and self.cfg.rate:
             self._backlog = self._available() >= self.cfg.batch_lines
@@ -667,7 +847,8 @@ class Task:
         # counters for `rainstorm status` (this instance's work; a replacement starts from 0)
         self.stats["out_tuples"] += sum(res.counts.values()) + sunk
         self.stats["dead_letters"] += len(res.dead)
-        self._inflight.append(_Commit(self._append(encode_record(rec), "commit"), rec, acks, arrivals=arrivals))
+        data = encode_record(rec)
+        self._inflight.append(_Commit(self._append(data, "commit"), rec, acks, arrivals=arrivals, size=len(data)))
         self._main = "idle"
         self.stats["commits"] += 1
         self._kick()
@@ -678,8 +859,11 @@ class Task:
         if self.first_commit_at is None:
             self.first_commit_at = self.now
         self._apply_record(index, rec, live=True, arrivals=c.arrivals)
-        self._apply_q.append(Applied(index, c.acks, rec.state, rec.outputs,
-                                     {ch.part: ch.committed for ch in self.out}))
+        self._since_commits += 1
+        self._since_bytes += c.size
+        if not self._snap and self._snapshot_due():
+            self._snap = "want"
+        self._apply_q.append(Applied(index, c.acks))
         self._pump_apply()
         self._pump_publish()
         for ch, _, _ in rec.inputs:
@@ -696,8 +880,7 @@ class Task:
         upd = self._apply_q.popleft()
         while self._apply_q:   # several waiting commits: one Redis step
             nxt = self._apply_q.popleft()
-            upd = Applied(max(upd.index, nxt.index), upd.acks + nxt.acks, upd.state + nxt.state,
-                          upd.outbox + nxt.outbox, {**upd.trims, **nxt.trims})
+            upd = Applied(max(upd.index, nxt.index), upd.acks + nxt.acks)
         self._apply_op = self._op("apply")
         self._emit(ApplyInbox(self._apply_op, self.name, self.epoch, upd))
 
@@ -818,6 +1001,15 @@ def store_call(eff: Effect, logs: Any, inbox: Any, source: Any) -> Callable[[], 
         return functools.partial(inbox.apply, eff.task, eff.epoch, eff.update)
     if isinstance(eff, ReadSource):
         return functools.partial(source.read, eff.name, eff.pos, eff.stripe, eff.max_bytes, final=True)
+    if isinstance(eff, WriteSnapshot):
+        return functools.partial(logs.put, eff.name, eff.data)
+    if isinstance(eff, ReadSnapshot):
+        return functools.partial(logs.get, eff.name)
+    if isinstance(eff, TrimLog):
+        return functools.partial(logs.trim, eff.name, eff.below, fence=eff.fence, epoch=eff.epoch, client=eff.client,
+                                 seq=eff.seq)
+    if isinstance(eff, RemoveFile):
+        return functools.partial(logs.remove, eff.name)
     raise TypeError(f"not a store effect: {eff!r}")
 
 
@@ -825,7 +1017,7 @@ def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader
     """Perform one effect on synchronous stores; the result, or the Fenced / NotOwner raised."""
     try:
         return store_call(eff, logs, inbox, source)()
-    except (Fenced, NotOwner, OutOfOrder) as exc:
+    except (Fenced, NotOwner, OutOfOrder, Missing) as exc:
         return exc
 
 
@@ -839,7 +1031,9 @@ def complete(task: Task, eff: Effect, result: Any) -> None:
         task.on_failed(eff.op, f"fenced: {result}", Death.FENCED)
     elif isinstance(result, NotOwner):
         task.on_failed(eff.op, f"inbox lost: {result}", Death.NOT_OWNER)
-    elif isinstance(eff, AppendLog):
+    elif isinstance(result, Missing):
+        task.on_failed(eff.op, f"snapshot file missing: {result}", Death.NO_SNAPSHOT)
+    elif isinstance(eff, AppendLog | TrimLog):
         task.on_log_appended(eff.op, result)
     elif isinstance(eff, Publish):
         task.on_published(eff.op, result)
@@ -855,3 +1049,9 @@ def complete(task: Task, eff: Effect, result: Any) -> None:
         task.on_applied(eff.op)
     elif isinstance(eff, ReadSource):
         task.on_source_read(eff.op, result)
+    elif isinstance(eff, WriteSnapshot):
+        task.on_snapshot_written(eff.op)
+    elif isinstance(eff, ReadSnapshot):
+        task.on_snapshot_read(eff.op, result)
+    elif isinstance(eff, RemoveFile):
+        task.on_removed(eff.op)
