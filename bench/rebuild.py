@@ -17,9 +17,9 @@ The job's output is checked exact at the end (every key's counts 1..n). Goal: th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,13 +60,17 @@ def count_task(d: Path, name: str) -> dict[str, Any]:
 
 def wait(cond: Any, timeout: float, what: str, step: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
+    last: object = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):   # a node may be restarting while we ask
+        try:
             got = cond()
             if got:
                 return got
+            last = got
+        except Exception as exc:   # a node may be restarting while we ask
+            last = exc
         time.sleep(step)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r:.300})")
 
 
 def one_mode(mode: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -99,11 +103,16 @@ def one_mode(mode: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
             t = wait(reached, a.timeout, f"{target} commits of the count task", step=0.5)
             committed = done_before + t["commits"]
             victim, epoch = t["node"], t["epoch"]
+            print(f"  killing {victim} (count task at epoch {epoch}, {committed} commits)", flush=True)
             local.kill(d, victim)
             killed = time.monotonic()
-            new = wait(lambda epoch=epoch: (x := count_task(d, "c"))["reported_epoch"] is not None
-                       and x["reported_epoch"] > epoch and x["rebuild_s"] is not None and x, 60,
-                       "the replacement's rebuild", step=0.2)
+            def rebuilt(epoch: int = epoch) -> dict[str, Any]:
+                x = count_task(d, "c")
+                if (x["reported_epoch"] or 0) <= epoch or x["rebuild_s"] is None:
+                    raise LookupError(f"placed at epoch {x['epoch']} on {x['node']}, last report from epoch "
+                                      f"{x['reported_epoch']}, rebuild {x['rebuild_s']}")
+                return x
+            new = wait(rebuilt, 60, "the replacement's rebuild", step=0.2)
             r = {"after_commits": committed, "rebuild_s": new["rebuild_s"], "records_read": new["rebuilt_records"],
                  "at_s": round(killed - t0, 1), "node": victim, "to": new["node"]}
             out["rebuilds"].append(r)
@@ -134,6 +143,7 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=1000, help="snapshot_every in the snapshots mode")
     ap.add_argument("--modes", default="snapshots,none")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the clusters' directories (node logs)")
     ap.add_argument("--timeout", type=float, default=1200.0)
     ap.add_argument("--base-port", type=int, default=10000 + (os.getpid() * 37) % 20000)
     a = ap.parse_args()
@@ -144,9 +154,15 @@ def main() -> int:
     print(f"machine: {machine()}; load {os.getloadavg()[0]:.1f}; early {a.early}, late +{a.late} commits, "
           f"{a.keys} keys, snapshot_every {a.every}", flush=True)
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-rebuild-") as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rebuild-"))
+    try:
         for mode in a.modes.split(","):
-            results.append(one_mode(mode, a, Path(tmp)))
+            results.append(one_mode(mode, a, tmp))
+    finally:
+        if a.keep:
+            print(f"kept {tmp} (node logs)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     ok = True
     for r in results:
         early, late = r["rebuilds"]

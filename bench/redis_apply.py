@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import redis.asyncio as aredis
@@ -78,7 +79,7 @@ async def run(r: aredis.Redis, s: RedisInboxStore, task: str, commits: int, grou
         if not old:
             await s.apply(task, 1, Applied(i, ids))
             continue
-        argv: list[object] = [1, k["out"], i, len(ids), *ids, 100]
+        argv: list[Any] = [1, k["out"], i, len(ids), *ids, 100]
         for _ in range(100):
             argv += [msgpack.packb([1, f"k{rng.randrange(groups)}"]), msgpack.packb(i)]
         argv += [1, 0, i, msgpack.packb([i, b"y" * 8000, False]), 1, 0, max(0, i - 4)]

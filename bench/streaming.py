@@ -1,6 +1,7 @@
 """Throughput of one streaming job on plain Python, Bytewax, Spark and RainStorm (issue 10).
 
     python bench/streaming.py [--quick] [--only plain,bytewax,...] [--lines N] [--runs R] [--no-spark] [--memory]
+                              [--memory-lines N | --memory-size 2GiB]
 
 The job everywhere: keep the web-access-log lines with status 500, take the path, keep a running
 count per path. The data set is seeded and cached in .bench-data/ (2,000,000 lines, ~100 MB; the
@@ -18,6 +19,8 @@ Systems (``--only`` takes these names, or ``rainstorm`` for all four RainStorm o
                      is from starting `rainstorm submit` to `rainstorm wait` returning
   memory             the memory check: a 400 MB source (8,000,000 lines) through a filter-only job on
                      5 nodes with --tasks 2; each node's peak RSS against the 300 MB goal
+                     (`--only memory --memory-size 2GiB`: a 2 GiB source, generated in 100,000-line
+                     chunks, figures to bench/out/streaming/memory-<bytes>/)
 
 Times are wall clock of the whole run (interpreter / JVM start included). Peak RSS is per process,
 sampled with psutil every 50 ms from a thread of this process (Spark: the JVM included; RainStorm:
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import random
@@ -975,6 +979,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-spark", action="store_true", help="leave Spark out (and do not install it)")
     p.add_argument("--memory", action="store_true", help="run the memory check (part of the default full run)")
     p.add_argument("--memory-lines", type=int, help=f"lines of the memory check's source (default {MEMORY_LINES:,})")
+    p.add_argument("--memory-size", type=size_arg, help="the memory check's source by size instead (e.g. 2GiB, "
+                   f"500MB): lines of about {LINE_BYTES} bytes; implies --memory")
     p.add_argument("--timeout", type=float, help="seconds one run may take (default from the line count; RainStorm "
                    f"checks it every {STATUS_EVERY_S} s and also stops a job with no progress for {STALL_S} s)")
     p.add_argument("--out", type=Path, help="where results.json / results.md go")
@@ -987,6 +993,10 @@ def parse() -> argparse.Namespace:
         a.systems = [s for s in ALL_SYSTEMS if s in names or (s.startswith("rainstorm-") and "rainstorm" in names)]
     else:
         a.systems = list(QUICK_SYSTEMS if a.quick else ALL_SYSTEMS)
+    if a.memory_size:
+        a.memory, a.memory_lines = True, a.memory_lines or math.ceil(a.memory_size / LINE_BYTES)
+        # a one-off size: its figures go beside the records, not over docs/bench/streaming's
+        a.out = a.out or ROOT / f"bench/out/streaming/memory-{a.memory_size}"
     if a.memory and "memory" not in a.systems:
         a.systems.append("memory")
     if a.no_spark and "spark" in a.systems:
@@ -997,6 +1007,20 @@ def parse() -> argparse.Namespace:
     if a.runs < 1:
         p.error("--runs must be at least 1")
     return a
+
+
+LINE_BYTES = 53.55   # the data set's mean line length (measured on the 2,000,000-line file)
+
+
+def size_arg(text: str) -> int:
+    """``2GiB``, ``1.5GB``, ``500MB``, ``300MiB`` or plain bytes."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1, "": 1}
+    t = text.strip().lower()
+    num = t.rstrip("kmgib")
+    try:
+        return int(float(num) * units[t[len(num):]])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GiB, 500MB)") from None
 
 
 def job_timeout(a: argparse.Namespace, lines: int) -> float:

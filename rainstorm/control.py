@@ -383,7 +383,7 @@ class ControlService:
                               "reported_epoch": st.get("epoch"), "started_at": st.get("started_at"),
                               "first_commit_at": st.get("first_commit_at"), "latency": st.get("latency", {}),
                               "rebuild_s": st.get("rebuild_s"), "rebuilt_records": st.get("rebuilt_records", 0),
-                              "snapshots": st.get("snapshots", 0)})
+                              "snapshots": st.get("snapshots", 0), "fetched": st.get("fetched", 0)})
             out.append({"name": r.name, "run": r.run, "key": r.key, "latest": self.core.latest.get(r.name) == r.key,
                         "state": r.state, "error": r.error, "src": r.spec.get("src"), "dest": r.spec.get("dest"),
                         "removing": r.removing, "ended_at": r.ended_at, "tasks": tasks})
