@@ -66,6 +66,7 @@ class WorkerConfig:
     inflight: int = _TASK.inflight          # commits in flight per task
     snapshot_every: int = _TASK.snapshot_every  # commits between a task's snapshots (0: never)
     snapshot_bytes: int = _TASK.snapshot_bytes  # ... or bytes of commit records, whichever comes first
+    snapshot_age: float = _TASK.snapshot_age    # ... or seconds since the last one, while commits come
     source_block: int = _TASK.block         # source blocks shared out among a job's source tasks
     source_page: int = 1 << 20                   # bytes per ranged read of a source file
     follow_refresh: float = 0.2                  # a following source looks for appended bytes this often
@@ -78,6 +79,7 @@ class WorkerConfig:
         return TaskConfig(batch_lines=self.batch_lines, batch_bytes=self.batch_bytes,
                           batch_entries=self.batch_entries, linger=self.linger, inflight=self.inflight,
                           snapshot_every=self.snapshot_every, snapshot_bytes=self.snapshot_bytes,
+                          snapshot_age=self.snapshot_age,
                           rate=spec.get("rate"), follow=bool(spec.get("follow")),
                           block=int(spec.get("block") or self.source_block))
 

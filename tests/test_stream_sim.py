@@ -102,7 +102,8 @@ configs = st.builds(TaskConfig, batch_lines=st.sampled_from([1, 5, 64]), batch_e
                     batch_bytes=st.sampled_from([1, 40, 4096]), block=st.sampled_from([7, 64, 1 << 20]),
                     inflight=st.sampled_from([1, 2, 4]), window=st.sampled_from([1, 2, 8]),
                     max_outbox=st.sampled_from([1, 4, 64]), max_queue=st.sampled_from([1, 3]),
-                    resend=st.sampled_from([0.05, 0.3]), snapshot_every=st.sampled_from([0, 1, 3, 1000]))
+                    resend=st.sampled_from([0.05, 0.3]), snapshot_every=st.sampled_from([0, 1, 3, 1000]),
+                    snapshot_age=st.sampled_from([0.0, 0.3, 60.0]))
 
 
 @settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])

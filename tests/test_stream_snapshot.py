@@ -92,3 +92,21 @@ def test_a_zombie_that_wakes_after_compaction_is_fenced() -> None:
     assert zombie.phase is Phase.DEAD and zombie.cause is not None and zombie.cause.value == "fenced"
     d.run()
     assert d.out() == expected(STAGES)[0]
+
+
+def test_a_slow_task_snapshots_by_age_too() -> None:
+    """A task that commits rarely would take hours to reach ``snapshot_every``: ``snapshot_age`` bounds
+    its log by time as well (at the first commit after the age is reached)."""
+    slow = replace(CFG, batch_lines=2, rate=10.0, snapshot_every=1000, snapshot_age=0.5)
+    plan = build_plan("j", "in", "out", STAGES, 1)
+    d = Driver(plan, LINES, slow)
+    tasks = [d.start(ref) for ref in plan.tasks()]
+    d.run()
+    assert d.out() == expected(STAGES)[0]
+    source = tasks[0]
+    assert source.stats["commits"] < slow.snapshot_every and source.stats["snapshots"] >= 2, source.stats
+    never = replace(slow, snapshot_age=0.0)
+    d = Driver(plan, LINES, never)
+    tasks = [d.start(ref) for ref in plan.tasks()]
+    d.run()
+    assert tasks[0].stats["snapshots"] == 0

@@ -112,6 +112,7 @@ class TaskConfig:
     block: int = 1 << 20         # source file blocks: task p of N reads blocks p, p+N, ... (same for all tasks)
     snapshot_every: int = 1000   # commits between snapshots (0: never); a rebuild replays at most about this many
     snapshot_bytes: int = 64 << 20   # ... or this many bytes of commit records, whichever comes first
+    snapshot_age: float = 60.0   # ... or, once anything was committed, this many seconds after the last one
 
 
 # --------------------------------------------------------------------------- effects
@@ -375,6 +376,7 @@ class Task:
         self._new_snap_file = ""
         self._since_commits = 0
         self._since_bytes = 0
+        self._snap_at = 0.0                         # when the last snapshot was taken (or the instance started)
         self._removing = 0                          # old snapshot files being removed
         self._replay: list[tuple[int, Any]] = []    # rebuild: the decoded log, while its snapshot is read
 
@@ -404,7 +406,7 @@ class Task:
     def start(self, now: float = 0.0) -> None:
         """Step 1: the fence record, conditional on our epoch."""
         assert self.phase is Phase.NEW
-        self.now = self.started_at = now
+        self.now = self.started_at = self._snap_at = now
         self.phase = Phase.FENCING
         self._append(encode_record(FenceRecord(self.epoch)), "fence")
 
@@ -732,13 +734,19 @@ class Task:
         self.applied = st.index
 
     def _snapshot_due(self) -> bool:
-        every, size = self.cfg.snapshot_every, self.cfg.snapshot_bytes
-        return bool(every) and (self._since_commits >= every or (size > 0 and self._since_bytes >= size))
+        """Every ``snapshot_every`` commits or ``snapshot_bytes`` of records, and at least every
+        ``snapshot_age`` seconds while commits come: a slow task's log stays as short as a busy one's."""
+        every, size, age = self.cfg.snapshot_every, self.cfg.snapshot_bytes, self.cfg.snapshot_age
+        if not every or not self._since_commits:
+            return False
+        return (self._since_commits >= every or (size > 0 and self._since_bytes >= size)
+                or (age > 0 and self.now - self._snap_at >= age))
 
     def _take_snapshot(self) -> None:
         st = self._capture()
         self._snap_state, self._snap = st, "writing"
         self._since_commits = self._since_bytes = 0
+        self._snap_at = self.now
         self._new_snap_file = f"{self.log}.snap.{self.epoch}.{st.index}"
         self._emit(WriteSnapshot(self._op("snapwrite"), self._new_snap_file, encode_state(st)))
 
