@@ -83,7 +83,7 @@ def one_mode(mode: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     cfg = Config()
     cfg.cluster.base_port = a.base_port + (0 if mode == "snapshots" else 100)
     cfg.cluster.redis_base_port = cfg.cluster.base_port + 500
-    n = a.early + a.late + 200
+    n = a.early + a.late + a.margin   # still running when the second kill comes
     src = d / "src.txt"
     with src.open("w") as f:
         for i in range(n):
@@ -100,7 +100,7 @@ def one_mode(mode: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
             def reached(target: int = target, before: int = done_before) -> dict[str, Any] | None:
                 t = count_task(d, "c")
                 return t if before + t["commits"] >= target else None
-            t = wait(reached, a.timeout, f"{target} commits of the count task", step=0.5)
+            t = wait(reached, a.timeout, f"{target} commits of the count task", step=0.2)
             committed = done_before + t["commits"]
             victim, epoch = t["node"], t["epoch"]
             print(f"  killing {victim} (count task at epoch {epoch}, {committed} commits)", flush=True)
@@ -141,6 +141,7 @@ def main() -> int:
     ap.add_argument("--late", type=int, default=None, help="commits between the kills (100000; 5000 quick)")
     ap.add_argument("--keys", type=int, default=1000, help="distinct keys (the count task's groups)")
     ap.add_argument("--every", type=int, default=1000, help="snapshot_every in the snapshots mode")
+    ap.add_argument("--margin", type=int, default=None, help="lines after the second kill (20000; 5000 quick)")
     ap.add_argument("--modes", default="snapshots,none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the clusters' directories (node logs)")
@@ -149,6 +150,7 @@ def main() -> int:
     a = ap.parse_args()
     a.early = a.early or (200 if a.quick else 1000)
     a.late = a.late or (5000 if a.quick else 100000)
+    a.margin = a.margin or (5000 if a.quick else 20000)
     if a.quick:
         a.every = min(a.every, 100)
     print(f"machine: {machine()}; load {os.getloadavg()[0]:.1f}; early {a.early}, late +{a.late} commits, "

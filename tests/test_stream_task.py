@@ -23,7 +23,19 @@ from rainstorm.stream.stores import (
     NotOwner,
     OutOfOrder,
 )
-from rainstorm.stream.task import Accept, AppendLog, Effect, Phase, Publish, Send, Task, TaskConfig, complete, execute
+from rainstorm.stream.task import (
+    Accept,
+    AppendLog,
+    Effect,
+    Phase,
+    Publish,
+    ReadSource,
+    Send,
+    Task,
+    TaskConfig,
+    complete,
+    execute,
+)
 
 CFG = TaskConfig(batch_lines=4, batch_entries=2, window=3, resend=0.1)
 LINES = [f"line {i}" + (" err" if i % 5 == 0 else "") for i in range(1, 31)]
@@ -371,3 +383,18 @@ def test_pipelined_commits_land_in_order_even_when_appends_are_reordered() -> No
     commits = [decode_record(d) for _, d in logs.entries(plan.log_name((0, 0)))][1:]
     assert [r.source[0] for r in commits] == [OFFS[3 * i] for i in range(1, 10)] + [len(DATA)]
     assert Counter(logs.data("out").splitlines()) == expected(stages)[0]
+
+
+def test_a_source_reads_about_a_batch_not_the_whole_byte_budget() -> None:
+    """With small batches a source asked for ``batch_bytes`` (1 MiB) per read and split it all into
+    lines to keep ``batch_lines`` of them: each commit cost the whole window (seen in a profile)."""
+    plan = build_plan("j", "in", "out", [Transform(lambda k, v: (v, 1))], 1)
+    d = Driver(plan, LINES * 50, TaskConfig(batch_lines=2))
+    t = d.start((0, 0))
+    reads: list[ReadSource] = []
+    d.hold = lambda task, e: isinstance(e, ReadSource) and bool(reads.append(e))   # record, let it run
+    d.run(until=lambda: t.stats["commits"] >= 10, rounds=200)
+    assert len(reads) >= 10
+    # about 2 lines' bytes (their size is learnt as it goes, from a 100-byte guess), not batch_bytes
+    assert all(r.max_bytes <= 1024 for r in reads), [r.max_bytes for r in reads]
+    assert reads[-1].max_bytes < reads[0].max_bytes

@@ -811,7 +811,9 @@ class Task:
         if self.is_source:
             if self._eof_taken:
                 return
-            limit = self.cfg.batch_bytes
+            # about the bytes of batch_lines lines (the reader splits what it reads into lines: reading a
+            # MiB to keep a few lines made each commit cost the whole window, found by profiling)
+            limit = min(self.cfg.batch_bytes, int(self.cfg.batch_lines * self._line_bytes * 1.25) + 256)
             if self.cfg.rate:
                 rate, avail = self.cfg.rate, self._available()
                 oldest = self._t0 + (self._lines_taken + 1) / rate   # when the oldest waiting line arrived
