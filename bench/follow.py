@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, median, pct  # noqa: E402
-from bench.longrun import Feeder, LiveProbe, cpu_s, loadavg, proc, trend  # noqa: E402
+from bench.longrun import Feeder, LiveProbe, catch_up, cpu_s, loadavg, proc, trend  # noqa: E402
 from bench.recovery import check_exact  # noqa: E402
 from bench.streaming import JOBS, BenchError, Cluster, code_state, console, say  # noqa: E402
 from rainstorm.cluster import _redis_pid  # noqa: E402
@@ -136,18 +136,6 @@ def rates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if out[-1][k] is not None:
                 out[-1][k] /= 1024
     return out
-
-
-def catch_up(probe: LiveProbe, a: argparse.Namespace, feeder: Feeder) -> tuple[str | None, float | None]:
-    """Wait until the output is exact (or CATCH_UP_S): (mismatch or None, seconds it took)."""
-    t0 = time.monotonic()
-    mismatch: str | None = "output never read"
-    while time.monotonic() - t0 < CATCH_UP_S:
-        mismatch = check_output(probe, a, feeder)
-        if mismatch is None:
-            return None, time.monotonic() - t0
-        time.sleep(2.0)
-    return mismatch, None
 
 
 def check_output(probe: LiveProbe, a: argparse.Namespace, feeder: Feeder) -> str | None:
@@ -265,7 +253,7 @@ def main() -> int:
         feeder.stop()
         feeder.join(30)
         say(f"fed {feeder.lines:,} lines ({feeder.size / 2**20:.1f} MB); waiting for the job to catch up")
-        mismatch, took = catch_up(probe, a, feeder)
+        mismatch, took = catch_up(lambda: check_output(probe, a, feeder), CATCH_UP_S, 2.0)
         cluster.cli("stop", NAME, timeout=60, check=False)
         if mismatch is None:
             time.sleep(2.0)

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,16 @@ def trend(ts: list[float], ys: list[float]) -> Trend | None:
     slope, _ = statistics.linear_regression(xs, vs)
     mean = statistics.fmean(vs)
     return Trend(len(vs), mean, slope, 100 * slope / mean if mean else float("nan"), vs[0], vs[-1])
+
+
+def catch_up(check: Callable[[], str | None], limit: float, every: float) -> tuple[str | None, float | None]:
+    """After the feeder stops: wait until ``check`` finds the output exact (None) or ``limit`` seconds
+    pass; (the last mismatch or None, seconds it took)."""
+    t0 = time.monotonic()
+    mismatch: str | None = "output never read"
+    while time.monotonic() - t0 < limit:
+        mismatch = check()
+        if mismatch is None:
+            return None, time.monotonic() - t0
+        time.sleep(every)
+    return mismatch, None

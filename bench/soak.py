@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, median, pct  # noqa: E402
-from bench.longrun import Feeder, LiveProbe, Trend, loadavg, proc, trend  # noqa: E402
+from bench.longrun import Feeder, LiveProbe, Trend, catch_up, loadavg, proc, trend  # noqa: E402
 from bench.recovery import check_exact  # noqa: E402
 from bench.streaming import JOBS, BenchError, Cluster, code_state, console, say  # noqa: E402
 from hydfs.disk import _slug  # noqa: E402   # a HyDFS file's name on disk
@@ -443,17 +443,6 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def catch_up(probe: LiveProbe, feeder: Feeder, path: Path) -> tuple[str | None, float | None]:
-    t0 = time.monotonic()
-    mismatch: str | None = "output never read"
-    while time.monotonic() - t0 < CATCH_UP_S:
-        mismatch = check(probe, feeder, path)
-        if mismatch is None:
-            return None, time.monotonic() - t0
-        time.sleep(3.0)
-    return mismatch, None
-
-
 def check(probe: LiveProbe, feeder: Feeder, path: Path) -> str | None:
     data = probe.get(DEST)
     if data is None:
@@ -519,7 +508,7 @@ def main() -> int:
         feeder.stop()
         feeder.join(60)
         say(f"fed {feeder.lines:,} lines ({feeder.size / MB:.1f} MB); waiting for the job to catch up")
-        mismatch, took = catch_up(probe, feeder, a.out / "output.jsonl")
+        mismatch, took = catch_up(lambda: check(probe, feeder, a.out / "output.jsonl"), CATCH_UP_S, 3.0)
         cluster.cli("stop", NAME, timeout=60, check=False)
         if mismatch is None:
             time.sleep(2.0)

@@ -243,14 +243,6 @@ class DiskStorage(ByteRanges):
         m = f.log.blocks[-1].meta
         return (m["i"], m["t"])
 
-    def first(self, name: str) -> int:
-        f = self._files.get(name)
-        return f.first if f else 1
-
-    def marks(self, name: str) -> list[tuple[int, int]]:
-        f = self._files.get(name)
-        return list(f.marks) if f else []
-
     def runs(self, name: str) -> Runs:
         f = self._files.get(name)
         return list(f.runs) if f else []

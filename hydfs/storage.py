@@ -197,6 +197,15 @@ class ByteRanges:
     def _piece(self, f: Any, k: int, start: int, n: int) -> bytes:
         raise NotImplementedError
 
+    def first(self, name: str) -> int:
+        """The file's first retained index (1 unless trimmed)."""
+        f = self._files.get(name)
+        return f.first if f else 1
+
+    def marks(self, name: str) -> list[tuple[int, int]]:
+        f = self._files.get(name)
+        return list(f.marks) if f else []
+
 
 @dataclass
 class _MemFile:
@@ -251,14 +260,6 @@ class MemoryStorage(ByteRanges):
             return (f.last, term_at(f.runs, f.last, f.last))
         e = f.entries[-1]
         return (e.index, e.term)
-
-    def first(self, name: str) -> int:
-        f = self._files.get(name)
-        return f.first if f else 1
-
-    def marks(self, name: str) -> list[tuple[int, int]]:
-        f = self._files.get(name)
-        return list(f.marks) if f else []
 
     def runs(self, name: str) -> Runs:
         f = self._files.get(name)

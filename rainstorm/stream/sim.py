@@ -152,31 +152,14 @@ def check_logs(plan: Plan, logs: MemoryLogStore) -> tuple[list[str], dict[tuple[
     return problems, produced
 
 
+_POINTS: dict[type, str] = {AppendLog: "log", Publish: "publish", ApplyInbox: "apply", Accept: "accept",
+                            Send: "send", ReadInbox: "read", ReadSource: "read", ReadLog: "readlog",
+                            WriteSnapshot: "snapshot", TrimLog: "trim", RemoveFile: "remove",
+                            ReadSnapshot: "readsnap", OpenInbox: "open"}
+
+
 def _point(eff: Effect) -> str:
-    if isinstance(eff, AppendLog):
-        return "log"
-    if isinstance(eff, Publish):
-        return "publish"
-    if isinstance(eff, ApplyInbox):
-        return "apply"
-    if isinstance(eff, Accept):
-        return "accept"
-    if isinstance(eff, Send):
-        return "send"
-    if isinstance(eff, ReadInbox | ReadSource):
-        return "read"
-    if isinstance(eff, ReadLog):
-        return "readlog"
-    if isinstance(eff, WriteSnapshot):
-        return "snapshot"
-    if isinstance(eff, TrimLog):
-        return "trim"
-    if isinstance(eff, RemoveFile):
-        return "remove"
-    if isinstance(eff, ReadSnapshot):
-        return "readsnap"
-    assert isinstance(eff, OpenInbox)
-    return "open"
+    return _POINTS[type(eff)]
 
 
 class JobSim:

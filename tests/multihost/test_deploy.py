@@ -44,21 +44,6 @@ SECRET = "deploy-test-" + "7" * 24
 # what systemd gives a service besides the unit's Environment= lines
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-COUNT_JOB = '''
-from rainstorm import AggregateByKey, FilteredTransform
-
-def is_stop(key, value):
-    return "Stop" in value
-
-def sign_and_post(key, value):
-    f = value.split(",")
-    return key, f"{f[2]},{f[3]}"      # rows with too few columns raise IndexError: dead letters
-
-stages = [
-    FilteredTransform(is_stop, sign_and_post),
-    AggregateByKey(lambda key, value: value.split(",")[1], "count"),
-]
-'''
 
 
 def _rows(n: int) -> list[str]:
@@ -247,9 +232,9 @@ def test_playbook_deploys_a_cluster_that_runs_a_job(make_net: Callable[[int], ha
         src.write_text("\n".join(rows) + "\n")
         cluster.cli(["dfs", "create", str(src), "signs"], check=True)
         time.sleep(3)  # a replica vouches for its files `settle` (3 s) after it joined
-        cluster.submit(COUNT_JOB, "signs", "counts", "count", tasks=3)
+        cluster.submit(harness.COUNT_JOB, "signs", "counts", "count", tasks=3)
         cluster.cli(["wait", "count", "--timeout", "90"], check=True, timeout=120)
-        want, want_dead = harness.expected_output(COUNT_JOB, rows, "signs")
+        want, want_dead = harness.expected_output(harness.COUNT_JOB, rows, "signs")
         got = collections.Counter(cluster.read("counts").decode().splitlines())
         assert got == want, f"{sum((want - got).values())} lines missing, {sum((got - want).values())} extra"
         dead = collections.Counter(cluster.read("counts.deadletters").decode().splitlines())
