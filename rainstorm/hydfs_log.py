@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from hydfs.api import Client, HydfsError
-from rainstorm.stream.stores import Fenced, Missing
+from rainstorm.stream.stores import Exists, Fenced, Missing
 
 
 class HydfsLogStore:
@@ -54,12 +54,14 @@ class HydfsLogStore:
             raise
 
     async def put(self, name: str, data: bytes) -> None:
-        """A snapshot file; one that exists already holds this state (its name is task, epoch, index)."""
+        """A snapshot file. A name that is taken is refused (Exists): even a retried create of our own
+        that landed the first time, since nothing tells the two apart (the instance dies, is replaced)."""
         try:
             await self.client.create_from(name, io.BytesIO(data))   # a chunk per entry: any size
         except HydfsError as exc:
-            if exc.code != "exists":
-                raise
+            if exc.code == "exists":
+                raise Exists(name) from None
+            raise
 
     async def get(self, name: str) -> bytes:
         try:

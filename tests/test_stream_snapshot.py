@@ -51,6 +51,8 @@ def test_snapshots_keep_each_log_short_and_one_file_per_task() -> None:
     # every task's previous snapshot files were removed: one each is left, the one its log names
     named = {r.file for t in tasks for r in d.records(t.ref) if isinstance(r, SnapshotRecord)}
     assert set(d.logs.blobs) == named and len(named) == len(tasks)
+    # and however many snapshots, each instance used two names, alternating
+    assert len(d.logs.names) <= 2 * len(tasks) < sum(t.stats["snapshots"] for t in tasks), d.logs.names
 
 
 def test_a_replacement_rebuilds_from_the_last_snapshot_and_replays_only_what_follows() -> None:

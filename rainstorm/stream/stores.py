@@ -42,6 +42,10 @@ class Missing(Exception):
     """A file the task needs is not there (a snapshot file its log names)."""
 
 
+class Exists(Exception):
+    """A snapshot file's name is taken: what it holds cannot be trusted to be this snapshot."""
+
+
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     """One accepted batch in a task's inbox stream (Redis: a stream entry id and its fields)."""
@@ -82,7 +86,7 @@ class LogStore(Protocol):
         ...
 
     def put(self, name: str, data: bytes) -> None:
-        """Create a whole file (a snapshot); one that exists is left as it is (its name says what it holds)."""
+        """Create a whole file (a snapshot); raises Exists if the name is taken."""
         ...
 
     def get(self, name: str) -> bytes:
@@ -168,6 +172,7 @@ class MemoryLogStore:
     def __init__(self) -> None:
         self.files: dict[str, MemFile] = {}
         self.blobs: dict[str, bytes] = {}
+        self.names: set[str] = set()        # every file name ever put (the checks count them)
         self.fenced = 0
 
     def _admit(self, name: str, fence: str, epoch: int, client: str, seq: int,
@@ -217,7 +222,10 @@ class MemoryLogStore:
         return sorted(f.gone + f.entries) if f else []
 
     def put(self, name: str, data: bytes) -> None:
-        self.blobs.setdefault(name, bytes(data))
+        if name in self.blobs:
+            raise Exists(name)
+        self.blobs[name] = bytes(data)
+        self.names.add(name)
 
     def get(self, name: str) -> bytes:
         if name not in self.blobs:

@@ -79,6 +79,7 @@ from rainstorm.stream.records import (
 from rainstorm.stream.source import Lines, Stripe
 from rainstorm.stream.stores import (
     Applied,
+    Exists,
     Fenced,
     InboxEntry,
     InboxStore,
@@ -290,7 +291,7 @@ class Death(enum.Enum):
     REPLAY = "replay"          # the log does not replay (a record it cannot decode)
     GAP = "gap"                # the inbox skipped a sequence number
     NO_FENCE = "no_fence"      # its own fence is missing from the log it read
-    NO_SNAPSHOT = "no_snapshot"  # the snapshot file its log names is not there
+    NO_SNAPSHOT = "no_snapshot"  # the snapshot file its log names is not there, or its next one's name is taken
 
 
 # --------------------------------------------------------------------------- the task
@@ -378,6 +379,7 @@ class Task:
         self._since_bytes = 0
         self._snap_at = 0.0                         # when the last snapshot was taken (or the instance started)
         self._removing = 0                          # old snapshot files being removed
+        self._snaps_taken = 0                       # names alternate: <log>.snap.<epoch>.<0|1>
         self._replay: list[tuple[int, Any]] = []    # rebuild: the decoded log, while its snapshot is read
 
     # ------------------------------------------------------------------ driver interface
@@ -747,7 +749,10 @@ class Task:
         self._snap_state, self._snap = st, "writing"
         self._since_commits = self._since_bytes = 0
         self._snap_at = self.now
-        self._new_snap_file = f"{self.log}.snap.{self.epoch}.{st.index}"
+        # two names per instance, alternating: the previous one's file is removed before its name is
+        # used again, so a long run leaves no trail of file names (HyDFS keeps a removed name's metadata)
+        self._new_snap_file = f"{self.log}.snap.{self.epoch}.{self._snaps_taken % 2}"
+        self._snaps_taken += 1
         self._emit(WriteSnapshot(self._op("snapwrite"), self._new_snap_file, encode_state(st)))
 
     def _apply_record(self, index: int, rec: CommitRecord, live: bool,
@@ -797,8 +802,8 @@ class Task:
         if self.phase is not Phase.RUNNING or self._main != "idle":
             return
         if self._snap == "want":
-            if self._inflight:
-                return    # let the pipeline drain: a snapshot is of the applied state
+            if self._inflight or self._removing:
+                return    # let the pipeline drain (a snapshot is of the applied state), and the name free
             self._take_snapshot()
         if self._blocked():
             return
@@ -1027,7 +1032,7 @@ def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader
     """Perform one effect on synchronous stores; the result, or the Fenced / NotOwner raised."""
     try:
         return store_call(eff, logs, inbox, source)()
-    except (Fenced, NotOwner, OutOfOrder, Missing) as exc:
+    except (Fenced, NotOwner, OutOfOrder, Missing, Exists) as exc:
         return exc
 
 
@@ -1043,6 +1048,8 @@ def complete(task: Task, eff: Effect, result: Any) -> None:
         task.on_failed(eff.op, f"inbox lost: {result}", Death.NOT_OWNER)
     elif isinstance(result, Missing):
         task.on_failed(eff.op, f"snapshot file missing: {result}", Death.NO_SNAPSHOT)
+    elif isinstance(result, Exists):
+        task.on_failed(eff.op, f"snapshot file name taken: {result}", Death.NO_SNAPSHOT)
     elif isinstance(eff, AppendLog | TrimLog):
         task.on_log_appended(eff.op, result)
     elif isinstance(eff, Publish):
