@@ -398,3 +398,24 @@ def test_a_source_reads_about_a_batch_not_the_whole_byte_budget() -> None:
     # about 2 lines' bytes (their size is learnt as it goes, from a 100-byte guess), not batch_bytes
     assert all(r.max_bytes <= 1024 for r in reads), [r.max_bytes for r in reads]
     assert reads[-1].max_bytes < reads[0].max_bytes
+
+
+def test_a_caught_up_follow_source_asks_again_after_a_pause_not_at_once() -> None:
+    """The worker ticks a task after every wake-up, and an empty read's answer wakes it: every empty
+    read used to start the next one at once, so the instance's loop spun (a caught-up ``--follow``
+    source cost a core, bench/follow.py). Now it asks again only after ``follow_poll``."""
+    plan = build_plan("j", "in", "out", [Transform(lambda k, v: (v, 1))], 1)
+    cfg = TaskConfig(batch_lines=64, follow=True, follow_poll=0.1)
+    d = Driver(plan, LINES, cfg)
+    t = d.start((0, 0))
+    d.run(until=lambda: t.stats["commits"] >= 1 and not t._inflight, rounds=500)   # caught up
+    reads, now = 0, d.now
+    for _ in range(2000):                 # the worker's loop: effects, then a tick, 1 ms a turn
+        for e in t.take_effects():
+            if isinstance(e, ReadSource):
+                reads += 1
+            if not isinstance(e, Send):
+                complete(t, e, execute(e, d.logs, d.inbox, d.source))
+        now += 0.001
+        t.tick(now)
+    assert reads <= 2.0 / cfg.follow_poll + 2, reads      # 2 s of loop turns: about 20 reads, not 2000

@@ -110,6 +110,7 @@ class TaskConfig:
     resend: float = 0.5          # seconds without progress before re-sending / re-asking
     rate: float | None = None    # paced source: lines per second per source task arrive (None: all there)
     follow: bool = False         # source: at the end of the file, wait for appended lines (until stopped)
+    follow_poll: float = 0.05    # following and caught up: ask the reader again after this long, not at once
     block: int = 1 << 20         # source file blocks: task p of N reads blocks p, p+N, ... (same for all tasks)
     snapshot_every: int = 1000   # commits between snapshots (0: never); a rebuild replays at most about this many
     snapshot_bytes: int = 64 << 20   # ... or this many bytes of commit records, whichever comes first
@@ -349,6 +350,7 @@ class Task:
         self._lines_taken = 0
         self._line_bytes = 100.0                    # average line size seen, to size paced reads
         self.wake_at = math.inf                     # the driver should tick us by then (paced source)
+        self._poll_at = 0.0                         # following and caught up: the next read not before this
         self.latency = Latency()                    # arrival -> durable in the sink, per line (paced, fused)
         self.started_at = 0.0
         self.first_commit_at: float | None = None   # recovery: when this instance first committed
@@ -525,7 +527,12 @@ class Task:
             chunk.next - chunk.base >= self.cfg.batch_bytes // 2
         if not chunk.lines and not eof:
             self._read_pos = max(self._read_pos, chunk.next)   # skipped bytes without lines of ours
-            return   # nothing yet: try again on a later tick
+            # nothing yet: ask again after follow_poll. Asking at once spun the instance's loop (the
+            # reader answers "nothing" without I/O, its answer wakes the loop, which ticks and asks):
+            # a caught-up --follow source cost a whole core (bench/follow.py)
+            self._poll_at = self.now + self.cfg.follow_poll
+            self.wake_at = self._poll_at
+            return
         if n:
             self._line_bytes = 0.8 * self._line_bytes + 0.2 * ((chunk.next - chunk.base) / n)
         arrivals = None
@@ -815,6 +822,9 @@ class Task:
             return
         if self.is_source:
             if self._eof_taken:
+                return
+            if self.now < self._poll_at:
+                self.wake_at = self._poll_at
                 return
             # about the bytes of batch_lines lines (the reader splits what it reads into lines: reading a
             # MiB to keep a few lines made each commit cost the whole window, found by profiling)
