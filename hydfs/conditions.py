@@ -4,7 +4,10 @@ Because the idempotency table and the fence table are functions of the entries, 
 the entries (merge, re-replication, a new primary adopting a log) carries the tables too: a new
 primary rebuilds them by one scan of its adopted log. A trim (docs/hydfs.md, "Trim") keeps them a
 function of the *retained* log: its marker entry carries, per client, the highest seq it drops (the
-client's *floor*) and the whole fence table, and the dedup table keeps only retained entries.
+client's *floor*) and the whole fence table, and the dedup table keeps only retained entries. A floor
+goes once its client is fenced out: every one of its trimmed entries carried one fence key, and the
+fence table has since passed the highest epoch they carried (a dead task instance), so any retry of
+its is refused ``fenced`` anyway.
 """
 
 from __future__ import annotations
@@ -22,38 +25,53 @@ class Tables:
     """(client id, seq) -> index over the retained log, per client the highest trimmed seq, and fence
     key -> highest epoch over the whole log (trimmed entries included)."""
 
-    __slots__ = ("dedup", "fences", "floors", "order")
+    __slots__ = ("dedup", "fenced", "fences", "floors", "order")
 
     def __init__(self) -> None:
         self.dedup: dict[tuple[str, int], int] = {}
         self.fences: dict[str, int] = {}
         self.floors: dict[str, int] = {}
-        self.order: deque[tuple[int, tuple[str, int]]] = deque()  # dedup keys by index, for prune
+        self.fenced: dict[str, tuple[str, int]] = {}   # TrimMark.fenced of the last marker
+        # (index, dedup key, fence, epoch) by index: for prune, and for the next marker's floors
+        self.order: deque[tuple[int, tuple[str, int], str | None, int | None]] = deque()
 
     def add(self, entries: Iterable[Entry]) -> None:
         for e in entries:
             key = (e.client_id, e.client_seq)
             self.dedup[key] = e.index
-            self.order.append((e.index, key))
+            self.order.append((e.index, key, e.fence, e.epoch))
             if e.fence is not None and e.epoch is not None and e.epoch > self.fences.get(e.fence, -1):
                 self.fences[e.fence] = e.epoch
             if e.trim is not None:
-                _merge(self.floors, e.trim.floors)
+                # markers are cumulative: the last one holds every floor still needed (pruned ones are gone)
+                self.floors = dict(e.trim.floors)
+                self.fenced = dict(e.trim.fenced)
                 _merge(self.fences, e.trim.fences)
 
     def mark(self, below: int) -> TrimMark:
         """The marker of a trim below ``below``: the floors of the entries it drops merged into the
-        floors so far, and the fence table. Costs the dropped entries still in the table."""
-        floors = dict(self.floors)
-        for _, (client, seq) in takewhile(lambda item: item[0] < below, self.order):
+        floors so far, less those of clients fenced out since, and the fence table. Costs the dropped
+        entries still in the table."""
+        floors, fenced = dict(self.floors), dict(self.fenced)
+        for _, (client, seq), fence, epoch in takewhile(lambda item: item[0] < below, self.order):
+            if client not in floors:
+                if fence is not None and epoch is not None:
+                    fenced[client] = (fence, epoch)
+            elif client in fenced and fenced[client][0] == fence and epoch is not None:
+                fenced[client] = (fence, max(epoch, fenced[client][1]))
+            else:
+                fenced.pop(client, None)   # an unfenced entry, or another key: its floor stays for good
             if seq > floors.get(client, -1):
                 floors[client] = seq
-        return TrimMark(below, floors, dict(self.fences))
+        for client, (fence, epoch) in list(fenced.items()):
+            if self.fences.get(fence, -1) > epoch:
+                del floors[client], fenced[client]
+        return TrimMark(below, floors, dict(self.fences), fenced)
 
     def prune(self, first: int) -> None:
         """Forget the dedup entries of the entries a trim dropped (their floors stay)."""
         while self.order and self.order[0][0] < first:
-            index, key = self.order.popleft()
+            index, key, _, _ = self.order.popleft()
             if self.dedup.get(key) == index:
                 del self.dedup[key]
 

@@ -29,23 +29,41 @@ class TrimMark:
     """What makes an entry a trim marker: drop the entries below ``below`` once the marker is committed.
     It carries the tables the dropped entries would otherwise take with them (cumulative over every
     earlier trim): per client the highest trimmed seq (``floors``) and the fence table, so the tables
-    stay a function of the retained log."""
+    stay a function of the retained log. ``fenced``: the clients whose every trimmed entry carried one
+    fence key, with the highest epoch they carried; once the fence table passes that epoch every retry
+    of theirs is refused ``fenced``, so their floor is dropped (docs/hydfs.md, "A bounded idempotency
+    table")."""
 
     below: int
     floors: dict[str, int] = field(hash=False)
     fences: dict[str, int] = field(hash=False)
+    fenced: dict[str, tuple[str, int]] = field(default_factory=dict, hash=False)
 
     def to_wire(self) -> list[Any]:
-        return [self.below, self.floors, self.fences]
+        if not self.fenced:
+            return [self.below, self.floors, self.fences]
+        return [self.below, self.floors, self.fences, {c: list(fe) for c, fe in self.fenced.items()}]
 
     @classmethod
     def from_wire(cls, v: object) -> TrimMark:
-        if not isinstance(v, (list, tuple)) or len(v) != 3:
+        if not isinstance(v, (list, tuple)) or len(v) not in (3, 4):
             raise ValueError("trim shape")
-        below, floors, fences = v
+        below, floors, fences = v[:3]
         if not (_nat(below) and below >= 1):
             raise ValueError("trim below")
-        return cls(below, _table(floors), _table(fences))
+        return cls(below, _table(floors), _table(fences), _fenced(v[3]) if len(v) == 4 else {})
+
+
+def _fenced(v: object) -> dict[str, tuple[str, int]]:
+    if not isinstance(v, dict) or len(v) > MAX_TABLE:
+        raise ValueError("trim fenced")
+    out: dict[str, tuple[str, int]] = {}
+    for k, x in v.items():
+        if not (isinstance(k, str) and len(k) <= MAX_ID and isinstance(x, (list, tuple)) and len(x) == 2
+                and isinstance(x[0], str) and len(x[0]) <= MAX_ID and _nat(x[1])):
+            raise ValueError("trim fenced item")
+        out[k] = (x[0], x[1])
+    return out
 
 
 def _table(v: object) -> dict[str, int]:
@@ -101,11 +119,13 @@ class Entry:
             m["e"] = self.epoch
         if self.trim is not None:
             m["b"], m["fl"], m["fe"] = self.trim.below, self.trim.floors, self.trim.fences
+            if self.trim.fenced:
+                m["fz"] = {c: list(fe) for c, fe in self.trim.fenced.items()}
         return m
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], data: bytes) -> Entry:
-        trim = TrimMark(meta["b"], meta["fl"], meta["fe"]) if "b" in meta else None
+        trim = TrimMark(meta["b"], meta["fl"], meta["fe"], _fenced(meta.get("fz", {}))) if "b" in meta else None
         return cls(meta["t"], meta["i"], meta["c"], meta["s"], data, meta.get("f"), meta.get("e"), trim)
 
 

@@ -284,6 +284,48 @@ def test_tables_keep_floors_and_fences_of_what_a_trim_drops() -> None:
     assert rebuilt.floors == t.floors and rebuilt.fences == t.fences
 
 
+def test_floors_of_fenced_out_clients_are_dropped() -> None:
+    """A task log gets a client id per instance (``task#epoch``); without this its markers carried one
+    floor per instance that ever ran, for ever. A client fenced out keeps no floor: its retries get
+    ``fenced``. One that also wrote unfenced, or under two fence keys, keeps its floor."""
+    t = Tables()
+    t.add([Entry(1, 1, "t#1", 1, b"", "t", 1), Entry(1, 2, "t#1", 2, b"", "t", 1),
+           Entry(1, 3, "u", 1, b"", "k", 1), Entry(1, 4, "u", 2, b""),
+           Entry(1, 5, "t#2", 1, b"", "t", 2), Entry(1, 6, "t#2", 2, b"", "t", 2)])
+    mark = t.mark(6)
+    assert mark.floors == {"u": 2, "t#2": 1} and mark.fenced == {"t#2": ("t", 2)}
+    t.add([Entry(1, 7, "t#2", 3, b"", "t", 2, trim=mark)])
+    t.prune(6)
+    assert not t.trimmed("t#1", 2)
+    assert check({"fence": "t", "epoch": 1}, t, 7) == FENCED   # the retry of t#1's seq 2: fenced, not re-appended
+    t.add([Entry(1, 8, "t#3", 1, b"", "t", 3)])
+    mark2 = t.mark(8)
+    assert mark2.floors == {"u": 2} and mark2.fenced == {}     # t#2 fenced out since: its floor goes
+    rebuilt = Tables()
+    rebuilt.add([Entry(1, 8, "t#3", 1, b"", "t", 3), Entry(1, 9, "t#3", 2, b"", "t", 3, trim=mark2)])
+    assert rebuilt.floors == {"u": 2} and rebuilt.fences == {"t": 3, "k": 1}
+    assert Entry.from_meta(Entry(1, 7, "x", 1, b"", trim=mark).meta(), b"").trim == mark
+    assert TrimMark.from_wire(mark.to_wire()) == mark
+
+
+def test_a_task_log_through_many_instances_keeps_one_floor() -> None:
+    """Instances of one task, each fencing out the one before and trimming its log: the marker's
+    floors stay at the live instance's, and a zombie's retry of a trimmed append is refused."""
+    sim = filled()
+    for epoch in range(1, 8):
+        cid, cond = f"task#{epoch}", {"fence": "task", "epoch": epoch}
+        for i in range(3):
+            assert keyed(sim, b"e%d-%d;" % (epoch, i), (cid, i + 1), cond).ok
+        last = keyed(sim, b"last;", (cid, 4), cond)
+        assert trim(sim, last.index, cid, cond, (cid, 5)).ok
+    tables = primary(sim).primaries[F].tables
+    assert sorted(c for c in tables.floors if c.startswith("task")) == ["task#7"], tables.floors
+    before = [d for _, d in get(sim).entries]
+    r = keyed(sim, b"e3-1;", ("task#3", 2), {"fence": "task", "epoch": 3})   # a zombie's retry
+    assert not r.ok and r.err == FENCED
+    assert [d for _, d in get(sim).entries] == before
+
+
 def test_a_marker_crosses_the_wire_and_bad_ones_are_refused() -> None:
     e = Entry(2, 7, "t", 1, b"", trim=TrimMark(5, {"a": 3}, {"k": 1}))
     msg = {"t": "fetched", "f": F, "term": 2, "ok": True, "start": 7, "entries": [e.to_wire()]}
