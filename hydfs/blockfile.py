@@ -248,6 +248,11 @@ class BlockFile:
         n = b.data_len - start if length is None else min(length, b.data_len - start)
         return os.pread(self.fd, max(0, n), b.data_offset + start) if n > 0 else b""
 
+    def reopen(self) -> None:
+        """Opens a file :meth:`close` closed again, as it was (its block list is kept)."""
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

@@ -125,6 +125,7 @@ class DiskStorage(ByteRanges):
             f.meta = FileMeta.from_dict(doc) if doc else None
             self.recovered_bytes += f.log.cut_bytes
             self._files[name] = f
+            self._release(f)
         known = {f.slug for f in self._files.values()}
         for path in root.glob("*.log"):
             if path.stem not in known:
@@ -193,13 +194,27 @@ class DiskStorage(ByteRanges):
         self._pending[f.name] = {"m": f.meta.to_dict() if f.meta else None}
 
     def _file(self, name: str) -> _File:
+        """The file to write to (its log opened again if it was a released tombstone)."""
         f = self._files.get(name)
         if f is None:
             f = _File(self.root, name)
             self._dir_dirty = True
             self._record(f)  # the name reaches the journal in the same sync as its first entries
             self._files[name] = f
+        else:
+            f.log.reopen()
         return f
+
+    def _release(self, f: _File) -> None:
+        """A tombstone (deleted, nothing in its log) keeps its name and meta but not a descriptor: a
+        removed file left one open for good on every replica, so a job's open files grew with every
+        snapshot file it ever removed. Its next write opens it again (:meth:`_file`)."""
+        if f.meta is not None and f.meta.deleted is not None and not f.log.blocks and f.name not in self._unsynced:
+            f.log.close()
+
+    def open_files(self) -> int:
+        """Descriptors held by logs (the journal's not counted)."""
+        return sum(1 for f in self._files.values() if f.log.fd >= 0)
 
     # -- the tail cache ---------------------------------------------------------------------------
     def _remember(self, f: _File, entries: Sequence[Entry]) -> None:
@@ -233,6 +248,7 @@ class DiskStorage(ByteRanges):
         f = self._file(name)
         f.meta = meta.copy()
         self._record(f)
+        self._release(f)
 
     def last(self, name: str) -> tuple[int, int]:
         f = self._files.get(name)
@@ -306,6 +322,7 @@ class DiskStorage(ByteRanges):
             del f.ends[keep - f.first + 1:]
             f.marks = [mk for mk in f.marks if mk[0] <= keep]
         self.syncs += 1
+        self._unsynced.pop(name, None)  # a truncation fsyncs the log (BlockFile.truncate)
         cut_runs(f.runs, keep)
         self._forget(f, keep)
 

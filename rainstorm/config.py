@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ class NodeConfig:
     redis_restart_delay: float = 0.5    # wait before restarting a dead redis-server
     redis_health_period: float = 0.5    # how often the supervisor checks that redis answers
     redis_start_timeout: float = 10.0   # give up if redis does not answer within this
+    # Redis rewrites its append-only file once it reaches this and twice its size after the last
+    # rewrite (the inboxes are small: the file is mostly history). 64mb, Redis's own default, let a
+    # busy node's file grow for tens of minutes before the first rewrite.
+    redis_aof_rewrite_min: str = "8mb"
     leave_linger: float = 0.6           # keep gossiping this long after a graceful leave
     rpc_timeout: float = 5.0
     gil_switch: float = 0.0005          # sys.setswitchinterval: how soon the gossip thread gets the GIL back
@@ -109,6 +114,9 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         raise ConfigError("[control]: voters must be distinct node ids")
     if cfg.control.hydfs_view not in ("committed", "gossip"):
         raise ConfigError(f"[control]: hydfs_view must be \"committed\" or \"gossip\", not {cfg.control.hydfs_view!r}")
+    if not re.fullmatch(r"[1-9][0-9]*(kb|mb|gb)?", cfg.node.redis_aof_rewrite_min.lower()):
+        raise ConfigError(f"[node]: redis_aof_rewrite_min must be a size like \"8mb\", "
+                          f"not {cfg.node.redis_aof_rewrite_min!r}")
     problem = cfg.hydfs.check()
     if problem:
         raise ConfigError(f"[hydfs]: {problem}")

@@ -46,7 +46,7 @@ from raft.core import NotLeader
 from raft.driver import ProposalLost, RaftNode
 from raft.messages import Entry
 from raft.storage import DiskStorage
-from rainstorm.controller import MALFORMED, RUNNING, UNKNOWN, Controller, run_files
+from rainstorm.controller import BEHIND, MALFORMED, PROTO_RM, RUNNING, UNKNOWN, Controller, run_files
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def command(name: str, a: dict[str, Any], limit: int, now: float | None = None) 
             raise ControlError(MALFORMED, "malformed rm")
         return {"op": "rm", "name": a["name"], "run": run, "deadletters": bool(a.get("deadletters")), **at}
     if name == "hello":
-        return {"op": "hello", "node": a.get("node"), "boot": a.get("boot")}
+        return {"op": "hello", "node": a.get("node"), "boot": a.get("boot"), "proto": int(a.get("proto", 1))}
     raise ControlError(MALFORMED, f"{name} is not a command")
 
 
@@ -411,7 +411,16 @@ class ControlService:
     # -- removal of ended runs (rm, retention) -----------------------------------------------------
     async def _rm(self, a: dict[str, Any]) -> Any:
         """``rainstorm rm``: one committed entry marks the runs removing; the sweep does the rest."""
+        self._rm_allowed()
         return await self._propose(command("rm", a, self.cfg.max_tasks_per_node, time.time()))
+
+    def _rm_allowed(self) -> None:
+        """Refuses ``rm`` while a voter may run a version that cannot apply it (controller.PROTO_RM)."""
+        behind = self.core.behind(self.voters, PROTO_RM)
+        if behind:
+            raise ControlError(BEHIND, f"voter(s) {', '.join(behind)} have not announced a version that can "
+                                       "remove runs (an older version, or not started since): upgrade or "
+                                       "start them first")
 
     async def _removal(self, a: dict[str, Any]) -> dict[str, Any]:
         """A long poll for `rainstorm rm`: which of ``keys`` are still being removed, and what the
@@ -440,7 +449,7 @@ class ControlService:
                     del soft[key]
             if not self.leads():
                 continue
-            if self.cfg.retention > 0:
+            if self.cfg.retention > 0 and not self.core.behind(self.voters, PROTO_RM):
                 now = time.time()
                 for r in self.core.expired(now, self.cfg.retention):
                     try:

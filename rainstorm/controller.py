@@ -45,6 +45,13 @@ RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 # refusal codes (typed, for callers to branch on; the message is for the user)
 EXISTS, UNKNOWN, FULL, NO_WORKER, MALFORMED = "exists", "unknown_job", "full", "no_worker", "malformed"
 STILL_RUNNING = "still_running"   # rm of a run that has not ended
+BEHIND = "voters_behind"          # rm while a voter may still run a version that cannot apply it
+
+# The commands a worker process's version can apply, announced in its ``hello`` (none announced: 1).
+# 2 added ``rm`` and ``drop``: a voter of version 1 refuses them as unknown, and its table would part
+# from the others', so the leader proposes them only once every voter announced 2 (a rolling upgrade).
+PROTO = 2
+PROTO_RM = 2
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Controller:
         # after it was re-admitted still learns that it was out (and forgets what it vouched for)
         self.failed_at: dict[str, int] = {}
         self.boots: dict[str, str] = {}         # node -> the boot id of its worker process
+        self.protos: dict[str, int] = {}        # node -> the command version its process announced (PROTO)
         self.version = 0                        # log index of the last change: workers' long polls
 
     # -- placement -------------------------------------------------------------------------------
@@ -141,6 +149,10 @@ class Controller:
         except (KeyError, TypeError, ValueError) as exc:
             return refuse(MALFORMED, f"malformed {op} command: {exc}")
         return out
+
+    def behind(self, voters: list[str], proto: int) -> list[str]:
+        """The voters that have not announced ``proto`` (an older version, or never said hello)."""
+        return [v for v in voters if self.protos.get(v, 0) < proto]
 
     def _changed(self, index: int) -> None:
         self.version = index
@@ -208,6 +220,7 @@ class Controller:
 
     def _hello(self, c: dict[str, Any], index: int) -> dict[str, Any]:
         node, boot = str(c["node"]), str(c["boot"])
+        self.protos[node] = int(c.get("proto", 1))
         if self.boots.get(node) == boot:   # a retried hello of the same process
             return {"bumped": 0}
         self.boots[node] = boot
@@ -315,7 +328,7 @@ class Controller:
     # -- snapshots -------------------------------------------------------------------------------
     def to_doc(self) -> dict[str, Any]:
         return {"version": self.version, "alive": self.alive, "failed_at": self.failed_at, "boots": self.boots,
-                "latest": self.latest,
+                "protos": self.protos, "latest": self.latest,
                 "runs": [asdict(r) for r in self.runs.values()]}
 
     @classmethod
@@ -325,6 +338,7 @@ class Controller:
         core.alive = list(doc.get("alive", []))
         core.failed_at = {str(k): int(v) for k, v in doc.get("failed_at", {}).items()}
         core.boots = dict(doc.get("boots", {}))
+        core.protos = {str(n): int(v) for n, v in doc.get("protos", {}).items()}
         core.latest = dict(doc.get("latest", {}))
         for r in doc.get("runs", []):
             run = Run(r["name"], int(r["run"]), r["spec"], list(r["tasks"]), state=r["state"], done=list(r["done"]),

@@ -16,6 +16,8 @@ import resource
 import signal
 import sys
 import time
+import tracemalloc
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,8 @@ class Node:
         self.rpc.register("node.info", self._info)
         self.rpc.register("node.members", self._members)
         self.rpc.register("node.probe_rtt", self._probe_rtt)
+        self.rpc.register("node.heap", self._heap)
+        self._heap_base: tracemalloc.Snapshot | None = None
         self.gc_pauses: dict[int, float] = {}     # generation -> longest collection (s)
         self._gc_started = 0.0
         gc.callbacks.append(self._gc_timer)
@@ -122,6 +126,31 @@ class Node:
         out = self.gossip.probe_delays()
         if isinstance(args, dict) and args.get("reset"):
             self.gossip.reset_probe_delays()
+        return out
+
+    async def _heap(self, args: dict[str, Any]) -> dict[str, Any]:
+        """What the node's heap holds and what grew: the tool for "RSS grows with the job's age".
+
+        Allocation sites come from ``tracemalloc``, on only when the node was started with
+        ``PYTHONTRACEMALLOC=<frames>`` (it costs CPU); ``reset`` takes the baseline the next calls
+        diff against. Object counts by type (the collector's tracked objects made since
+        ``gc.freeze``) come always.
+        """
+        args = args if isinstance(args, dict) else {}
+        top = int(args.get("top", 15))
+        types = Counter(type(o).__qualname__ for o in gc.get_objects())
+        out: dict[str, Any] = {"traced": tracemalloc.is_tracing(),
+                               "types": types.most_common(top), "objects": sum(types.values())}
+        if not tracemalloc.is_tracing():
+            return out
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if args.get("reset") or self._heap_base is None:
+            self._heap_base = snap
+        current, peak = tracemalloc.get_traced_memory()
+        out.update(current_mb=round(current / 2**20, 2), peak_mb=round(peak / 2**20, 2), grew=[
+            {"site": " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(d.traceback)),
+             "kb": round(d.size_diff / 1024, 1), "count": d.count_diff, "total_kb": round(d.size / 1024, 1)}
+            for d in snap.compare_to(self._heap_base, "traceback")[:top]])
         return out
 
     def roles(self) -> list[str]:

@@ -73,6 +73,7 @@ class RedisSupervisor:
         return "\n".join([
             f"bind {self.host}", f"port {self.port}", f'requirepass "{self.password}"',
             f'dir "{self.dir}"', "appendonly yes", "appendfsync everysec", 'save ""',
+            "auto-aof-rewrite-percentage 100", f"auto-aof-rewrite-min-size {self.cfg.redis_aof_rewrite_min}",
             f'pidfile "{self.pidfile}"', 'logfile "redis.log"', "daemonize no",
             "protected-mode yes", "",
         ])

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rainstorm.controller import PROTO
 from rainstorm.stream.plan import TaskRef
 
 Key = tuple[str, TaskRef]        # (run key, task)
@@ -73,7 +74,7 @@ class WorkerCore:
 
     # -- hello -----------------------------------------------------------------------------------
     def hello(self) -> dict[str, Any]:
-        return {"node": self.node_id, "boot": self.boot}
+        return {"node": self.node_id, "boot": self.boot, "proto": PROTO}
 
     def on_hello_acked(self) -> None:
         self.greeted = True

@@ -68,6 +68,8 @@ def test_node_supervises_its_redis(make_cluster) -> None:  # type: ignore[no-unt
     pw = redis_password(c.data["secret"], "node-1")
     r = redis.Redis(host=host, port=node["redis_port"], password=pw)
     r.set("k", "v")
+    # the append-only file is rewritten from [node] redis_aof_rewrite_min on (8mb), not Redis's 64mb
+    assert r.config_get("auto-aof-rewrite-min-size") == {"auto-aof-rewrite-min-size": str(8 << 20)}
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(host=host, port=node["redis_port"], password="wrong").ping()
     old = node["redis_pid"]

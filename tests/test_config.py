@@ -28,6 +28,7 @@ def test_file_then_overrides(tmp_path: Path) -> None:
     ("[gossip]\nperiod = 'fast'\n", "period must be float"),
     ("[gossip]\nsuspicion = 1\n", "suspicion must be bool"),
     ("[gossip\n", "rainstorm.toml"),
+    ("[node]\nredis_aof_rewrite_min = '8 mb'\n", "redis_aof_rewrite_min must be a size"),
 ])
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "rainstorm.toml"

@@ -221,3 +221,46 @@ def test_the_leader_deletes_files_idempotently_with_retries_then_commits_drop(fa
     assert dfs.files == {"rs/j@22/log/0.0"} and dfs.calls == 5 + fail
     assert summary == {"files": 4, "of": 5, "nodes": ["node-1", "node-2"], "later": ["node-3"]}
     assert key not in log.c.runs and log.entries[-1] == {"op": "drop", "run": key}
+
+
+def test_rm_waits_for_every_voter_to_announce_a_version_that_applies_it() -> None:
+    """A rolling upgrade: a voter of the previous version refuses ``rm`` as unknown, so its table would
+    part from the others'. The leader refuses ``rm`` (and its retention sweep proposes none) until every
+    voter's hello announced PROTO_RM; the refusal names the voters behind."""
+    from net.rpc import RpcClient, RpcServer
+    from rainstorm.control import ControlConfig, ControlError, ControlService
+    from rainstorm.controller import BEHIND, PROTO_RM
+    from rainstorm.worker_core import WorkerCore
+
+    log = Log()
+    key = log.submit()
+    log.finish(key, at=1.0)
+    log("hello", node="node-1", **{k: v for k, v in WorkerCore("node-1", "b1").hello().items() if k != "node"})
+    log("hello", node="node-2", boot="old")             # the previous version: no proto
+    assert log.c.behind(NODES, PROTO_RM) == ["node-2", "node-3"]
+    assert log.replayed().protos == log.c.protos and Controller.from_doc(log.c.to_doc()).protos == log.c.protos
+
+    class Gossip:
+        def members(self) -> list[Any]:
+            return []
+
+    async def rm() -> Any:
+        svc = ControlService("node-9", ControlConfig(request_timeout=0.3, voters=[]), RpcServer(b"k" * 32),
+                             RpcClient(b"k" * 32), Gossip(), None)  # type: ignore[arg-type]
+        svc.voters = list(NODES)
+        svc.machine.core = log.c
+
+        async def propose(cmd: dict[str, Any]) -> Any:
+            log.entries.append(cmd)
+            return log.c.apply(cmd, len(log.entries))
+
+        svc._propose = propose  # type: ignore[method-assign]
+        return await svc._rm({"name": "j"})
+
+    with pytest.raises(ControlError) as refused:
+        asyncio.run(rm())
+    assert refused.value.code == BEHIND and "node-2, node-3" in str(refused.value)
+    assert log.c.runs[key].state == FINISHED
+    for node in ("node-2", "node-3"):
+        log("hello", node=node, boot="new", proto=PROTO_RM)
+    assert [r["key"] for r in asyncio.run(rm())["runs"]] == [key]

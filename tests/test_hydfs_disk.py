@@ -211,3 +211,33 @@ def test_compaction_that_fails_after_its_rename_goes_on_in_the_new_journal(
     s.close()
     meta = DiskStorage(tmp_path).meta("f")
     assert meta is not None and meta.term == 1099
+
+
+def _fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+def test_a_tombstone_holds_no_descriptor_and_opens_again_when_written(tmp_path: Path) -> None:
+    """A removed file keeps its name and meta (its tombstone beats an old copy) but not an open log:
+    every file a job ever removed (a task's old snapshot files) held a descriptor on every replica."""
+    s = DiskStorage(tmp_path)
+    names = [f"snap.{i}" for i in range(20)]
+    for n in names:
+        s.append(n, [_e(1), _e(2)])
+        s.put_meta(n, FileMeta(term=1, leader="node-1", created=1))
+    s.sync()
+    s.flush_data()
+    before = _fds()
+    assert s.open_files() == 20
+    for n in names:                      # what a primary's rm does: an empty log, then the tombstone
+        s.truncate(n, 0)
+        s.put_meta(n, FileMeta(term=1, leader="node-1", created=None, deleted=(1, 2)))
+    assert s.open_files() == 0 and _fds() == before - 20
+    s.append(names[0], [_e(1, term=2)])     # created again under the same name
+    assert s.read(names[0], 1, 2) == [_e(1, term=2)] and s.open_files() == 1
+    s.close()
+    s = DiskStorage(tmp_path)               # a restart opens no tombstone either
+    assert s.open_files() == 1 and s.names() == sorted(names)
+    meta = s.meta(names[5])
+    assert meta is not None and meta.deleted == (1, 2) and s.last(names[5]) == (0, 0)
+    s.close()
