@@ -131,13 +131,19 @@ class Node:
     async def _heap(self, args: dict[str, Any]) -> dict[str, Any]:
         """What the node's heap holds and what grew: the tool for "RSS grows with the job's age".
 
-        Allocation sites come from ``tracemalloc``, on only when the node was started with
-        ``PYTHONTRACEMALLOC=<frames>`` (it costs CPU); ``reset`` takes the baseline the next calls
-        diff against. Object counts by type (the collector's tracked objects made since
-        ``gc.freeze``) come always.
+        Allocation sites come from ``tracemalloc``, off unless asked: ``start`` (frames per site)
+        switches it on from then (it costs CPU; ``PYTHONTRACEMALLOC`` at start-up slows the imports
+        tenfold), ``reset`` takes the baseline the next calls diff against, ``stop`` switches it off.
+        Object counts by type (the collector's tracked objects made since ``gc.freeze``) come always.
         """
         args = args if isinstance(args, dict) else {}
         top = int(args.get("top", 15))
+        if args.get("start") and not tracemalloc.is_tracing():
+            tracemalloc.start(int(args["start"]))
+            self._heap_base = None
+        if args.get("stop"):
+            tracemalloc.stop()
+            self._heap_base = None
         types = Counter(type(o).__qualname__ for o in gc.get_objects())
         out: dict[str, Any] = {"traced": tracemalloc.is_tracing(),
                                "types": types.most_common(top), "objects": sum(types.values())}
