@@ -212,6 +212,11 @@ class DiskStorage(ByteRanges):
         if f.meta is not None and f.meta.deleted is not None and not f.log.blocks and f.name not in self._unsynced:
             f.log.close()
 
+    @property
+    def tail_size(self) -> int:
+        """Bytes of entry data the tail cache holds now (at most ``tail_bytes``)."""
+        return self._tail_size
+
     def open_files(self) -> int:
         """Descriptors held by logs (the journal's not counted)."""
         return sum(1 for f in self._files.values() if f.log.fd >= 0)

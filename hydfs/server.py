@@ -340,7 +340,10 @@ class HydfsServer:
         """For ``node.info`` and ``rainstorm cluster status``: is this node's disk taking writes?"""
         recent = self._io_last is not None and self.clock() - self._io_last < DISK_FAILING_FOR
         return {"files": len(self.storage.names()), "io_errors": self._io_seen,
-                "disk": "failing" if recent else "ok"}
+                "disk": "failing" if recent else "ok", "open_logs": self.storage.open_files(),
+                # the recent entries' data kept in memory: it fills up to its bound, then stays
+                "tail_cache_mb": round(self.storage.tail_size / 2**20, 2),
+                "tail_cache_max_mb": round(self.storage.tail_bytes / 2**20, 2)}
 
     def _reap_mailboxes(self) -> None:
         now = self.clock()
