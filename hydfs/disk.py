@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,17 +62,18 @@ class _File:
         self.name = name
         self.slug = _slug(name)
         self.log = BlockFile(root / f"{self.slug}.log")
-        blocks = self.log.blocks
+        metas = [self.log.meta(i) for i in range(len(self.log.blocks))]   # kept from the open's scan
         self.nb, self.first = 0, 1
         self.runs: Runs = []
-        if blocks and BASE in blocks[0].meta:
-            self.nb, self.first = 1, blocks[0].meta[BASE]
-            self.runs = [(a, b) for a, b in blocks[0].meta["runs"]]
-        entries = blocks[self.nb:]
-        extend_runs(self.runs, (Entry.from_meta(b.meta, b"") for b in entries))
-        self.ends: list[int] = []  # prefix sums of the entries' data lengths: byte offset -> entry by bisect
-        extend_ends(self.ends, [b.data_len for b in entries])
-        self.marks = [(b.meta["i"], b.meta["b"]) for b in entries if "b" in b.meta]
+        if metas and BASE in metas[0]:
+            self.nb, self.first = 1, metas[0][BASE]
+            self.runs = [(a, b) for a, b in metas[0]["runs"]]
+        extend_runs(self.runs, (Entry.from_meta(m, b"") for m in metas[self.nb:]))
+        # prefix sums of the entries' data lengths (byte offset -> entry by bisect), 8 bytes an entry
+        self.ends: array[int] = array("q")
+        extend_ends(self.ends, [b.data_len for b in self.log.blocks.since(self.nb)])
+        self.marks = [(m["i"], m["b"]) for m in metas[self.nb:] if "b" in m]
+        self.log.blocks.drop_metas(self.nb)   # runs and marks have what is needed; reads go to the header
         self.meta: FileMeta | None = None
         self.cached: set[int] = set()  # indices of this file in the storage's tail cache
 
@@ -87,7 +89,7 @@ class _File:
         self.log.replace_with(tmp, blocks)
         k = keep_from - self.nb
         total = self.ends[k - 1] if 0 < k <= len(self.ends) else 0
-        self.ends = [n - total for n in self.ends[k:]]
+        self.ends = array("q", (n - total for n in self.ends[k:]))
         self.marks = [mk for mk in self.marks if mk[0] >= first] if keep else []
         self.nb, self.first = 1, first
 
@@ -115,11 +117,13 @@ class DiskStorage(ByteRanges):
         self.journal = BlockFile(root / JOURNAL, self.journal_reserve)
         self.recovered_bytes += self.journal.cut_bytes
         metas: dict[str, dict[str, Any] | None] = {}
-        for b in self.journal.blocks:
-            if b.meta.get("x"):
-                metas.pop(b.meta["n"], None)
+        for i in range(len(self.journal.blocks)):
+            rec = self.journal.meta(i)
+            if rec.get("x"):
+                metas.pop(rec["n"], None)
             else:
-                metas[b.meta["n"]] = b.meta.get("m")
+                metas[rec["n"]] = rec.get("m")
+        self.journal.blocks.drop_metas()   # read once, here
         for name, doc in metas.items():
             f = _File(root, name)
             f.meta = FileMeta.from_dict(doc) if doc else None
@@ -259,10 +263,7 @@ class DiskStorage(ByteRanges):
         f = self._files.get(name)
         if not f or f.last == 0:
             return (0, 0)
-        if len(f.log.blocks) == f.nb:
-            return (f.last, term_at(f.runs, f.last, f.last))
-        m = f.log.blocks[-1].meta
-        return (m["i"], m["t"])
+        return (f.last, term_at(f.runs, f.last, f.last))
 
     def runs(self, name: str) -> Runs:
         f = self._files.get(name)
@@ -277,14 +278,14 @@ class DiskStorage(ByteRanges):
         if max_bytes is not None:  # cut by the blocks' lengths before any data is read
             size = 0
             for k in range(lo, hi):
-                size += blocks[k].data_len
+                size += blocks.data_len(k)
                 if k > lo and size > max_bytes:
                     hi = k
                     break
         out = []
         for k in range(lo, hi):
             e = self._tail.get((name, k - nb + first))
-            out.append(e if e is not None else Entry.from_meta(blocks[k].meta, f.log.read(k)))
+            out.append(e if e is not None else Entry.from_meta(*f.log.read_block(k)))
         return out
 
     def data_size(self, name: str, start: int = 1, stop: int | None = None) -> int:
@@ -318,7 +319,7 @@ class DiskStorage(ByteRanges):
         keep = max(keep, 0)
         if keep == 0:  # an empty, untrimmed log: the base block goes too
             f.log.truncate(0)
-            f.nb, f.first, f.ends, f.marks = 0, 1, [], []
+            f.nb, f.first, f.ends, f.marks = 0, 1, array("q"), []
         elif keep < f.first - 1:  # below the dropped prefix: nothing retained, the log ends at keep
             f.rebase(keep + 1, runs_upto(f.runs, keep), keep=False)
             self._unsynced.pop(name, None)

@@ -9,7 +9,7 @@ idempotency/fence tables are rebuilt after a restart.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -146,7 +146,7 @@ def fit(entries: Sequence[Entry], max_bytes: int | None) -> int:
     return len(entries)
 
 
-def extend_ends(ends: list[int], sizes: Sequence[int]) -> None:
+def extend_ends(ends: MutableSequence[int], sizes: Sequence[int]) -> None:
     """Extend the prefix sums of entry data sizes (``ends[k]``: bytes of entries 1..k+1)."""
     total = ends[-1] if ends else 0
     for n in sizes:
@@ -154,13 +154,13 @@ def extend_ends(ends: list[int], sizes: Sequence[int]) -> None:
         ends.append(total)
 
 
-def end_at(ends: list[int], index: int) -> int:
+def end_at(ends: Sequence[int], index: int) -> int:
     """Bytes of entries 1..index, clipped to the log."""
     index = min(index, len(ends))
     return ends[index - 1] if index > 0 else 0
 
 
-def read_span(ends: list[int], offset: int, length: int, piece: Callable[[int, int, int], bytes]) -> bytes:
+def read_span(ends: Sequence[int], offset: int, length: int, piece: Callable[[int, int, int], bytes]) -> bytes:
     """Bytes ``[offset, offset + length)`` of a log whose entry k (from 0) ends at ``ends[k]``;
     ``piece(k, start, n)`` reads n bytes of entry k from its byte ``start``. A bisect finds the first
     entry, so the cost is that of the bytes, not of the entries before them."""

@@ -241,3 +241,26 @@ def test_a_tombstone_holds_no_descriptor_and_opens_again_when_written(tmp_path: 
     meta = s.meta(names[5])
     assert meta is not None and meta.deleted == (1, 2) and s.last(names[5]) == (0, 0)
     s.close()
+
+
+def test_entry_metas_are_read_back_from_disk_not_kept(tmp_path: Path) -> None:
+    """The index keeps offsets only (24 bytes an entry, bench/hydfs_index.py): each entry's meta comes
+    back from its block header, before and after a restart and a trim."""
+    s = DiskStorage(tmp_path, tail_bytes=0)
+    want = [Entry(1 + i // 50, i, f"c{i % 3}", i, b"d%d" % i, "job:t0" if i % 2 else None,
+                  i if i % 2 else None) for i in range(1, 201)]
+    for k in range(0, 200, 20):
+        s.append("f", want[k:k + 20])
+    s.sync()
+    blocks = s._files["f"].log.blocks
+    assert len(blocks) == 200 and not blocks._metas
+    assert s.read("f", 1, 201) == want and s.last("f") == (200, 5)
+    s.trim("f", 101)
+    assert s.read("f", 1, 201) == want[100:] and s.last("f") == (200, 5)
+    assert list(s._files["f"].log.blocks._metas) == [0]        # the base block's, which names the first
+    s.close()
+    s = DiskStorage(tmp_path, tail_bytes=0)
+    assert s.read("f", 150, 160) == want[149:159] and s.last("f") == (200, 5)
+    assert s.runs("f") == [(1, 1), (50, 2), (100, 3), (150, 4), (200, 5)]
+    assert len(s._files["f"].log.blocks._metas) == 1
+    s.close()
