@@ -9,6 +9,9 @@ and measures with ``tracemalloc`` the bytes it holds per entry. The baseline, in
 the index as earlier versions kept it: a ``Block`` object with its meta dict per entry and a list of
 prefix sums (rebuilt here from the same entries' metas). Reading every entry back (what a task's
 rebuild or a ``get`` does) is timed too, since an entry's meta now comes from its block header on disk.
+
+The file's primary also keeps an idempotency table: each client's latest ``DEDUP_WINDOW`` appends
+now, against one entry per append for ever before (the same class with an unbounded window, here).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
+from hydfs.conditions import Tables  # noqa: E402
 from hydfs.disk import DiskStorage  # noqa: E402
 from hydfs.entries import Entry  # noqa: E402
 
@@ -78,17 +82,29 @@ def main() -> int:
                 ends.append(total)
         old_b = (tracemalloc.get_traced_memory()[0] - base) / a.entries
         tracemalloc.stop()
-        t = time.perf_counter()
+        tables = {}
+        for label, window in (("now", None), ("unbounded", 10**12)):
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            t = Tables(window)
+            for b in batches:
+                t.add(b)
+            tables[label] = (tracemalloc.get_traced_memory()[0] - base) / a.entries
+            tracemalloc.stop()
+            del t
+        t0 = time.perf_counter()
         got = 0
         for start in range(1, a.entries + 1, 1000):
             got += len(s.read("src", start, start + 1000))
-        read_s = time.perf_counter() - t
+        read_s = time.perf_counter() - t0
         assert got == a.entries
         s.close()
     print(f"{a.entries} entries of {a.data} B in one file")
     print(f"index memory per entry: {now_b:.1f} B now, {old_b:.1f} B the earlier way: {old_b / now_b:.1f}x less")
     print(f"for 2.4 million entries (two weeks at 2 appends/s): {now_b * 2.4e6 / 2**20:.0f} MiB now, "
           f"{old_b * 2.4e6 / 2**20:.0f} MiB the earlier way")
+    print(f"primary's idempotency table per entry: {tables['now']:.1f} B now (a window per client), "
+          f"{tables['unbounded']:.1f} B unbounded")
     print(f"reading every entry back (pages of 1000, metas from the headers): {read_s:.2f} s, "
           f"{read_s / a.entries * 1e6:.1f} us an entry")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import logging
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from gossip.transport import GossipNode, view_rows
 from hydfs.api import Client
 from hydfs.server import HydfsServer
@@ -34,6 +37,14 @@ from rainstorm.redis_proc import RedisSupervisor, redis_password
 from rainstorm.worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> bool:
+    """glibc's malloc_trim(0): hands the free pages of every arena back to the OS."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):   # not glibc
+        return False
 
 
 def raise_open_file_limit() -> int:
@@ -138,6 +149,11 @@ class Node:
         """
         args = args if isinstance(args, dict) else {}
         top = int(args.get("top", 15))
+        if args.get("trim"):   # what of the RSS is free memory the C allocator keeps (not a leak)
+            before = psutil.Process().memory_info().rss
+            trimmed = _malloc_trim()
+            return {"rss_before_mb": round(before / 2**20, 2), "trimmed": trimmed,
+                    "rss_after_mb": round(psutil.Process().memory_info().rss / 2**20, 2)}
         if args.get("start") and not tracemalloc.is_tracing():
             tracemalloc.start(int(args["start"]))
             self._heap_base = None

@@ -326,6 +326,48 @@ def test_a_task_log_through_many_instances_keeps_one_floor() -> None:
     assert [d for _, d in get(sim).entries] == before
 
 
+def test_the_dedup_table_keeps_a_window_per_client() -> None:
+    """A file never trimmed (a source, an output) kept one dedup entry per append for ever. Now each
+    client's latest ``window``; an older key was ordered (seqs land in order) and is answered
+    ``trimmed``, ``after`` naming it is satisfied, and a rebuild from the log answers the same."""
+    log = [Entry(1, i, "w", i, b"") for i in range(1, 11)] + [Entry(1, 11, "v", 1, b"")]
+    t = Tables(window=4)
+    t.add(log)
+    assert set(t.dedup) == {("w", 7), ("w", 8), ("w", 9), ("w", 10), ("v", 1)}
+    assert t.trimmed("w", 6) and t.trimmed("w", 1) and not t.trimmed("w", 11) and not t.trimmed("v", 2)
+    assert check({"after": 3}, t, 11, "w") is None and check({"after": 11}, t, 11, "w") == OUT_OF_ORDER
+    rebuilt = Tables(window=4)
+    for e in log:
+        rebuilt.add([e])
+    assert rebuilt.dedup == t.dedup and [rebuilt.trimmed("w", s) for s in range(12)] == [t.trimmed("w", s)
+                                                                                        for s in range(12)]
+    mark = t.mark(9)           # drops w's 1..8: the let-go ones count toward its floor
+    assert mark.floors == {"w": 8}
+    t.add([Entry(1, 12, "w", 11, b"", trim=mark)])
+    t.prune(9)
+    assert set(t.dedup) == {("w", 9), ("w", 10), ("v", 1), ("w", 11)} and t.trimmed("w", 8)
+
+
+def test_a_retry_older_than_the_window_lands_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hydfs.conditions.DEDUP_WINDOW", 4)
+    sim = filled()
+    c = sim.client("w")
+    lost = [True]
+    sim.hooks.append(lambda src, dest, msg: not (lost[0] and dest == "w" and msg.get("t") == "reply"))
+    op = c.append(F, b"first;", sim.now, key=("w", 1))
+    sim.run_for(0.3)           # landed; its answer lost, and the client keeps asking
+    lost[0] = False
+    sim.hooks.clear()
+    c.cancel(op)
+    for s in range(2, 12):
+        assert keyed(sim, b"%d;" % s, ("w", s)).ok
+    r = keyed(sim, b"first;", ("w", 1))   # the writer tries again long after
+    assert not r.ok and r.err == TRIMMED
+    assert [d for _, d in get(sim).entries].count(b"first;") == 1
+    dedup = primary(sim).primaries[F].tables.dedup
+    assert all(sum(1 for c, _ in dedup if c == client) <= 4 for client, _ in dedup), dedup
+
+
 def test_a_marker_crosses_the_wire_and_bad_ones_are_refused() -> None:
     e = Entry(2, 7, "t", 1, b"", trim=TrimMark(5, {"a": 3}, {"k": 1}))
     msg = {"t": "fetched", "f": F, "term": 2, "ok": True, "start": 7, "entries": [e.to_wire()]}
