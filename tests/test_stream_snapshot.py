@@ -112,3 +112,24 @@ def test_a_slow_task_snapshots_by_age_too() -> None:
     tasks = [d.start(ref) for ref in plan.tasks()]
     d.run()
     assert tasks[0].stats["snapshots"] == 0
+
+
+def test_a_replacement_snapshots_at_its_first_chance() -> None:
+    """The records a replacement replays are the log's since its last snapshot: it snapshots at once
+    rather than a whole ``snapshot_age`` after it started, so a replaced task's log stays within one
+    interval (the soak saw two before its first trim)."""
+    aged = replace(CFG, batch_lines=2, rate=10.0, snapshot_every=1000, snapshot_age=5.0)
+    plan = build_plan("j", "in", "out", STAGES, 1)
+    d = Driver(plan, LINES, aged)
+    for ref in plan.tasks():
+        d.start(ref)
+    source = (0, 0)
+    first = d.tasks[source]
+    d.run(until=lambda: first.stats["commits"] >= 6, rounds=500)
+    assert first.stats["snapshots"] == 0      # its age not reached yet: all of it is in the log
+    second = d.start(source, epoch=2)
+    d.run(until=lambda: second.stats["snapshots"] >= 1 or second.now - second.started_at > 2.0, rounds=2000)
+    assert second.stats["replayed_records"] >= 4 and second.stats["snapshots"] >= 1, second.stats
+    assert second.now - second.started_at < aged.snapshot_age
+    d.run()
+    assert d.out() == expected(STAGES)[0]

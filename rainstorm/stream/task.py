@@ -702,6 +702,12 @@ class Task:
         self._read_pos, self._eof_taken = self.next_pos, self.eof
         self.stats["rebuilt_records"] = len(recs)    # log entries read
         self.stats["replayed_records"] = replayed   # commit records applied on top of the snapshot
+        # The records replayed are the log's since its last snapshot: they count toward the next one, and
+        # a replacement snapshots at its first chance instead of a whole snapshot_age after its start
+        # (the soak saw a replaced task's log reach two intervals' worth before its first trim).
+        self._since_commits = replayed
+        if replayed:
+            self._snap_at = self.now - self.cfg.snapshot_age
         self.phase = Phase.OPENING
         marks = {c: m for c, m in enumerate(self.committed)}
         self._emit(OpenInbox(self._op("open"), self.name, self.epoch, marks))
