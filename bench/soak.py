@@ -376,10 +376,18 @@ def analyse(warmup: float, rows: list[dict[str, Any]], kills: list[Kill], snapsh
         if key in INFO_ONLY:
             out[key] = info_only(out[key])
     out["redis_aof_mb"] = bounded(rows, "redis_aof_mb", warmup, AOF_BOUND_MB, out["redis_aof_mb"])
-    for key in ("task_log_kb", "task_log_disk_kb"):
+    for key, per_log in (("task_log_kb", "logs_kb"), ("task_log_disk_kb", "logs_disk_kb")):
+        # each log's upper envelope, then their mean: the logs' sawtooths are out of phase, and the
+        # envelope of their mean would still carry the phases
         warm = [r for r in rows if r["t"] >= warmup and r.get(key) is not None]
-        ts, ys = envelope([r["t"] for r in warm], [r[key] for r in warm], SNAPSHOT_AGE)
-        out[key] = tr_dict(trend(ts, ys), THRESHOLDS[key], {"envelope_s": SNAPSHOT_AGE})
+        envs: dict[str, dict[float, float]] = {}
+        for log in {k for r in warm for k in (r.get(per_log) or {})}:
+            pts = [(r["t"], float(r[per_log][log])) for r in warm if (r.get(per_log) or {}).get(log) is not None]
+            ts, ys = envelope([t for t, _ in pts], [y for _, y in pts], SNAPSHOT_AGE)
+            envs[log] = dict(zip(ts, ys, strict=True))
+        common = sorted(set.intersection(*(set(e) for e in envs.values()))) if envs else []
+        ys = [sum(e[t] for e in envs.values()) / len(envs) for t in common]
+        out[key] = tr_dict(trend(common, ys), THRESHOLDS[key], {"envelope_s": SNAPSHOT_AGE})
     for key, attr in (("rebuild_s", "rebuild_s"), ("recovery_s", "recovery_s"), ("replay_s", "reported_rebuild_s"),
                       ("replayed_records", "rebuilt_records")):
         pts = [(k.t, float(v)) for k in kills for v in getattr(k, attr).values()]
