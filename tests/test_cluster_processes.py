@@ -130,3 +130,21 @@ def test_demo_main_job(tmp_path: Path) -> None:
             assert re.search(rf"{cat}\s*│\s*{n}\s*│", res.stdout), (cat, n, res.stdout)
     finally:
         run_cli("cluster", "down", cwd=tmp_path)
+
+
+def test_node_heap_reports_what_grew_and_trims(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    """node.heap: object counts always; tracemalloc only once asked (``start``), then what grew since
+    the baseline; ``trim`` hands free heap memory back. node.info carries the periodic trims' stats."""
+    c = make_cluster(1)
+    off = c.call("node-1", "node.heap", {"top": 3})
+    assert off["traced"] is False and off["objects"] > 0 and len(off["types"]) == 3
+    on = c.call("node-1", "node.heap", {"start": 4, "reset": True, "top": 3})
+    assert on["traced"] is True and "current_mb" in on
+    later = c.call("node-1", "node.heap", {"top": 3})
+    assert later["traced"] is True and isinstance(later["grew"], list)
+    assert all({"site", "kb", "count", "total_kb"} <= set(g) for g in later["grew"])
+    assert c.call("node-1", "node.heap", {"stop": True})["traced"] is False
+    trimmed = c.call("node-1", "node.heap", {"trim": True})
+    assert trimmed["rss_after_mb"] > 0
+    info = c.call("node-1", "node.info")
+    assert info["malloc_trim"]["runs"] >= 1 and "tail_cache_mb" in info["hydfs"]
