@@ -375,7 +375,9 @@ def analyse(warmup: float, rows: list[dict[str, Any]], kills: list[Kill], snapsh
         out[key] = per_node_trend(rows, key, warmup)
         if key in INFO_ONLY:
             out[key] = info_only(out[key])
-    out["redis_aof_mb"] = bounded(rows, "redis_aof_mb", warmup, AOF_BOUND_MB, out["redis_aof_mb"])
+    out["redis_aof_mb"] = bounded(out["redis_aof_mb"], [float(x["redis_aof_mb"]) for r in rows if r["t"] >= warmup
+                                                        for x in r["nodes"].values()
+                                                        if x.get("redis_aof_mb") is not None], AOF_BOUND_MB)
     for key, per_log in (("task_log_kb", "logs_kb"), ("task_log_disk_kb", "logs_disk_kb")):
         # each log's upper envelope, then their mean: the logs' sawtooths are out of phase, and the
         # envelope of their mean would still carry the phases
@@ -398,11 +400,9 @@ def analyse(warmup: float, rows: list[dict[str, Any]], kills: list[Kill], snapsh
         out[key] = info_only(out[key])
     # what a replacement replays is the records since the last snapshot: anywhere in 0..one interval by
     # the phase of the kill, whatever the job's age. Judged by that bound; 4 kills give no slope.
-    d = out["replayed_records"]
-    if d is not None:
-        top = max(float(v) for k in kills for v in k.rebuilt_records.values())
-        out["replayed_records"] = {**d, "max": top, "bound": float(snapshot_every + INFLIGHT),
-                                   "verdict": "PASS" if top <= snapshot_every + INFLIGHT else "FAIL"}
+    out["replayed_records"] = bounded(out["replayed_records"],
+                                      [float(v) for k in kills for v in k.rebuilt_records.values()],
+                                      float(snapshot_every + INFLIGHT))
     return out
 
 
@@ -425,14 +425,12 @@ def thr(v: dict[str, Any]) -> str:
     return "-" if v["threshold_pct"] is None else f"{v['threshold_pct']:g} %"
 
 
-def bounded(rows: list[dict[str, Any]], key: str, warm: float, bound: float, d: dict[str, Any] | None
-            ) -> dict[str, Any] | None:
-    """A sawtooth whose period can exceed the run (Redis rewrites its AOF at a size): judged by its
-    highest sample after the warm-up against ``bound``, not by a slope over part of one tooth."""
-    top = max((float(x[key]) for r in rows if r["t"] >= warm for x in r["nodes"].values()
-               if x.get(key) is not None), default=None)
-    if d is None or top is None:
+def bounded(d: dict[str, Any] | None, values: list[float], bound: float) -> dict[str, Any] | None:
+    """A series judged by its highest value against ``bound``, not by a slope: a sawtooth whose tooth
+    can outlast the run (Redis rewrites its AOF at a size), or a figure set by the phase of a kill."""
+    if d is None or not values:
         return d
+    top = max(values)
     return {**d, "max": top, "bound": bound, "verdict": "PASS" if top <= bound else "FAIL"}
 
 

@@ -309,23 +309,21 @@ class BlockFile:
         self.reserved_to = 0
         self._top_up()
 
+    def _read_meta(self, b: Block, upto: int) -> tuple[dict[str, Any], bytes]:
+        """One read from the end of ``b``'s header to ``upto``: its meta, and the bytes after it."""
+        at = b.offset + HEADER.size
+        buf = os.pread(self.fd, upto - at, at)
+        return msgpack.unpackb(buf[:b.data_offset - at], raw=False), buf[b.data_offset - at:]
+
     def meta(self, i: int) -> dict[str, Any]:
         """Block ``i``'s meta: from memory if kept, else read back from its header."""
         b = self.blocks[i]
-        if b.meta is not None:
-            return b.meta
-        at = b.offset + HEADER.size
-        meta: dict[str, Any] = msgpack.unpackb(os.pread(self.fd, b.data_offset - at, at), raw=False)
-        return meta
+        return b.meta if b.meta is not None else self._read_meta(b, b.data_offset)[0]
 
     def read_block(self, i: int) -> tuple[dict[str, Any], bytes]:
         """Block ``i``'s meta and data, in one read when the meta is not kept."""
         b = self.blocks[i]
-        if b.meta is not None:
-            return b.meta, self.read(i)
-        at = b.offset + HEADER.size
-        buf = os.pread(self.fd, b.end - at, at)
-        return msgpack.unpackb(buf[:b.data_offset - at], raw=False), buf[b.data_offset - at:]
+        return (b.meta, self.read(i)) if b.meta is not None else self._read_meta(b, b.end)
 
     def read(self, i: int, start: int = 0, length: int | None = None) -> bytes:
         b = self.blocks[i]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -39,12 +40,18 @@ from rainstorm.worker import Worker
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:   # not glibc
+        return None
+
+
 def _malloc_trim() -> bool:
     """glibc's malloc_trim(0): hands the free pages of every arena back to the OS."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):   # not glibc
-        return False
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None and hasattr(libc, "malloc_trim") else False
 
 
 class Trimmer:

@@ -35,7 +35,7 @@ from rainstorm.source_reader import RangeReader
 from rainstorm.stream.channels import parse_message
 from rainstorm.stream.jobfile import JobError, load_job
 from rainstorm.stream.plan import Plan, TaskRef, build_plan
-from rainstorm.stream.stores import Exists, Fenced, Missing, NotOwner
+from rainstorm.stream.stores import REFUSALS, NotOwner
 from rainstorm.stream.task import (
     Effect,
     Phase,
@@ -436,7 +436,7 @@ class Worker:
         try:
             result = await store_call(eff, self.logs, self.inbox, _Source(self._reader(inst))
                                       if isinstance(eff, ReadSource) else None)()
-        except (Fenced, NotOwner, Missing, Exists) as exc:
+        except REFUSALS as exc:
             result = exc
         except (HydfsError, OSError, aredis.RedisError) as exc:
             # a transient store failure: the instance cannot know whether it happened; let it die

@@ -46,6 +46,11 @@ class Exists(Exception):
     """A snapshot file's name is taken: what it holds cannot be trusted to be this snapshot."""
 
 
+# what a store call answers by raising, and the task takes as its result (task.complete): one list for
+# every driver, so a new answer is not caught by one and missed by another
+REFUSALS: tuple[type[Exception], ...] = (Fenced, NotOwner, OutOfOrder, Missing, Exists)
+
+
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
     """One accepted batch in a task's inbox stream (Redis: a stream entry id and its fields)."""

@@ -78,6 +78,7 @@ from rainstorm.stream.records import (
 )
 from rainstorm.stream.source import Lines, Stripe
 from rainstorm.stream.stores import (
+    REFUSALS,
     Applied,
     Exists,
     Fenced,
@@ -1048,7 +1049,7 @@ def execute(eff: Effect, logs: LogStore, inbox: InboxStore, source: SourceReader
     """Perform one effect on synchronous stores; the result, or the Fenced / NotOwner raised."""
     try:
         return store_call(eff, logs, inbox, source)()
-    except (Fenced, NotOwner, OutOfOrder, Missing, Exists) as exc:
+    except REFUSALS as exc:
         return exc
 
 
